@@ -1,0 +1,553 @@
+"""Pruning: zero the least important weights, remove whole neurons and heads, store sparse weights compactly.
+
+Three layers, each built on the one before:
+
+- masks, in place: `apply_weight_pruning` (unstructured magnitude pruning, per layer; Exercise 3),
+  `apply_structured_pruning` (whole rows or columns by Ln norm, through `torch.nn.utils.prune`) and
+  `sparsity` (the fraction of zero weights).
+- shrinking, which makes a model really smaller and faster: `prune_ffn_neurons` removes intermediate
+  feed-forward neurons and `prune_attention_heads` / `remove_attention_heads` remove attention heads,
+  both by building smaller `nn.Linear` layers and updating the model's config; `load_pruned_model`
+  reloads such a model from `save_pretrained`.
+- storage: `to_sparse_state_dict` / `from_sparse_state_dict` keep a mostly-zero weight as its non-zero
+  values plus a packed bitmask, so a masked model also takes less disk space.
+
+What it does not do: no global (cross-layer) threshold, no gradient-based importance (movement or Taylor
+scores), no fine-tuning after pruning, and no sparse kernels: a masked weight costs the same compute as a
+dense one; only the shrinking functions save time.
+"""
+import numbers
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.utils import prune, skip_init
+
+from bitpack import pack_bits, unpack_bits
+
+# Feed-forward blocks prune_ffn_neurons recognises: (input projections, output projection, config field of
+# their width). Neuron j of a block is row j of every input projection and column j of the output one.
+_FFN_PATTERNS = (
+    (("intermediate.dense",), "output.dense", "intermediate_size"),  # BERT, RoBERTa, ELECTRA, ...
+    (("gate_proj", "up_proj"), "down_proj", "intermediate_size"),  # Llama, Mistral, Qwen2, ...
+    (("lin1",), "lin2", "hidden_dim"),  # DistilBERT
+)
+
+# Projections of a BERT-style attention block (BertAttention and its copies in RoBERTa, ELECTRA, ...):
+# `self.query/key/value` produce the heads (rows grouped by head), `output.dense` mixes them (columns).
+_QKV = ("query", "key", "value")
+_HEAD_COLUMNS = "output.dense"
+
+# Key suffixes of a weight stored sparse by to_sparse_state_dict.
+_VALUES, _MASK, _SHAPE = ".sparse_values", ".sparse_mask", ".sparse_shape"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Argument checks shared by every function
+# ---------------------------------------------------------------------------------------------------------
+
+def _check_fraction(pruning_percentage: float) -> None:
+    """Raise unless `pruning_percentage` is a real number (not a bool) in [0, 1]."""
+    if isinstance(pruning_percentage, bool) or not isinstance(pruning_percentage, numbers.Real):
+        raise TypeError(
+            f"pruning_percentage must be a real number in [0, 1], got {pruning_percentage!r} "
+            f"({type(pruning_percentage).__name__})"
+        )
+    if not 0 <= pruning_percentage <= 1:
+        raise ValueError(
+            f"pruning_percentage must be a fraction in [0, 1] (0.4 means 40%), got {pruning_percentage!r}"
+        )
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _layers_of_type(model: nn.Module, layer_type: type) -> list[nn.Module]:
+    """The modules of `model` that are instances of `layer_type`, each with a tensor `weight`."""
+    _check_model(model)
+    if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
+        raise TypeError(f"layer_type must be an nn.Module subclass such as nn.Linear, got {layer_type!r}")
+    layers = [module for module in model.modules() if isinstance(module, layer_type)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no {layer_type.__name__} layer to prune")
+    for layer in layers:
+        if not isinstance(getattr(layer, "weight", None), torch.Tensor):
+            raise ValueError(f"{layer_type.__name__} layer {layer} has no weight tensor to prune")
+    return layers
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Masks: zero weights in place
+# ---------------------------------------------------------------------------------------------------------
+
+def apply_weight_pruning(model: nn.Module, layer_type: type, pruning_percentage: float) -> nn.Module:
+    """Unstructured magnitude pruning: zero the smallest-|w| weights of every `layer_type` layer, in place.
+
+    Each layer is pruned on its own (not with one global threshold): a layer of n weights loses exactly
+    `round(pruning_percentage * n)` of them (Python's round, half to even: 2.5 -> 2), the ones of smallest
+    absolute value. The result equals `torch.nn.utils.prune.l1_unstructured(layer, "weight",
+    amount=pruning_percentage)` followed by `prune.remove(layer, "weight")`, ties included. Biases are kept.
+
+    Args:
+        model: any module; it is modified in place.
+        layer_type: the class of the layers to prune, e.g. `nn.Linear`.
+        pruning_percentage: fraction of each layer's weights to zero, in [0, 1] (0.4 means 40%).
+
+    Returns:
+        `model` itself, its matching weights now containing zeros (same shapes and dtypes).
+
+    Raises:
+        TypeError: `pruning_percentage` is not a real number (a bool included), `layer_type` is not an
+            nn.Module subclass, or `model` is not an nn.Module.
+        ValueError: `pruning_percentage` is outside [0, 1], no module of `model` is a `layer_type`, or a
+            matching module has no weight.
+    """
+    _check_fraction(pruning_percentage)
+    layers = _layers_of_type(model, layer_type)
+    # BEGIN SOLUTION (Exercise 3)
+    # TODO: for each layer, the number of weights to prune is round(pruning_percentage * weight.numel()).
+    # TODO: find that many smallest |w| with torch.topk on the flattened |weight| (largest=False).
+    # TODO: zero them in place under torch.no_grad() (a boolean keep-mask times the weight does it).
+    with torch.no_grad():
+        for layer in layers:
+            weight = layer.weight
+            n_pruned = round(pruning_percentage * weight.numel())
+            smallest = torch.topk(weight.abs().flatten(), n_pruned, largest=False).indices
+            keep = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
+            keep[smallest] = False
+            weight.mul_(keep.view(weight.shape))
+    # END SOLUTION
+    return model
+
+
+def apply_structured_pruning(
+    model: nn.Module, layer_type: type, pruning_percentage: float, norm: float = 2, dim: int = 0
+) -> nn.Module:
+    """Structured pruning: zero whole rows or columns of smallest Ln norm in every `layer_type` layer, in place.
+
+    For `nn.Linear`, `dim=0` removes output neurons (rows of the `(out, in)` weight) and `dim=1` input
+    features (columns). Each layer loses `round(pruning_percentage * weight.shape[dim])` slices, exactly
+    as `torch.nn.utils.prune.ln_structured(layer, "weight", amount, n=norm, dim=dim)` + `prune.remove`,
+    which this function calls. The zeroed slices are still stored: use `prune_ffn_neurons` or
+    `prune_attention_heads` to remove them physically.
+
+    Args:
+        model: any module; it is modified in place.
+        layer_type: the class of the layers to prune, e.g. `nn.Linear`.
+        pruning_percentage: fraction of slices to zero per layer, in [0, 1].
+        norm: the n of the Ln norm ranking the slices, a positive number or `float("inf")`.
+        dim: the weight dimension indexing the slices (0: rows, 1: columns for a linear layer).
+
+    Returns:
+        `model` itself.
+
+    Raises:
+        TypeError, ValueError: as `apply_weight_pruning`; ValueError also for a `norm` that is not a positive
+            number, or a `dim` that is not a dimension of every matching weight.
+    """
+    _check_fraction(pruning_percentage)
+    layers = _layers_of_type(model, layer_type)
+    if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not norm > 0:
+        raise ValueError(f"norm must be a positive number (or float('inf')), got {norm!r}")
+    for layer in layers:
+        ndim = layer.weight.dim()
+        if isinstance(dim, bool) or not isinstance(dim, int) or not -ndim <= dim < ndim:
+            raise ValueError(f"dim must be an int indexing a {ndim}-d weight of {layer}, got {dim!r}")
+    for layer in layers:
+        # float(): torch reads an int amount as a count of slices, ours is always a fraction.
+        prune.ln_structured(layer, "weight", amount=float(pruning_percentage), n=norm, dim=dim)
+        prune.remove(layer, "weight")
+    return model
+
+
+def sparsity(model: nn.Module, layer_type: type = nn.Linear) -> float:
+    """The fraction of zero weights over all `layer_type` layers of `model` (biases not counted).
+
+    Args:
+        model: any module.
+        layer_type: the class of the layers to count, `nn.Linear` by default.
+
+    Returns:
+        zeros / total as a Python float in [0, 1].
+
+    Raises:
+        TypeError, ValueError: for a bad `model` or `layer_type`, as `apply_weight_pruning`.
+    """
+    weights = [layer.weight for layer in _layers_of_type(model, layer_type)]
+    zeros = sum(int((weight == 0).sum()) for weight in weights)
+    return zeros / sum(weight.numel() for weight in weights)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shrinking: remove neurons and heads by building smaller layers
+# ---------------------------------------------------------------------------------------------------------
+
+def _join(prefix: str, path: str) -> str:
+    return f"{prefix}.{path}" if prefix else path
+
+
+def _linear_at(module: nn.Module, path: str) -> nn.Linear | None:
+    """The nn.Linear at dotted `path` under `module`, or None if there is none."""
+    try:
+        found = module.get_submodule(path)
+    except AttributeError:
+        return None
+    return found if isinstance(found, nn.Linear) else None
+
+
+def _select_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A new nn.Linear keeping the output features (dim=0) or input features (dim=1) of `linear` in `index`.
+
+    `index` is a 1-d int64 tensor; the bias follows the output features and is kept whole for dim=1.
+    """
+    weight = linear.weight.detach().index_select(dim, index)
+    bias = linear.bias
+    out_features, in_features = weight.shape
+    smaller = skip_init(
+        nn.Linear, in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    with torch.no_grad():
+        smaller.weight.copy_(weight)
+        if bias is not None:
+            smaller.bias.copy_(bias[index] if dim == 0 else bias)
+    smaller.requires_grad_(linear.weight.requires_grad)
+    return smaller.train(linear.training)
+
+
+def _find_ffns(model: nn.Module) -> list[tuple[str, tuple[str, ...], str, str]]:
+    """(block name, input paths, output path, config field) of every recognised FFN block in `model`."""
+    found = []
+    for name, module in model.named_modules():
+        for inputs, output, field in _FFN_PATTERNS:
+            if all(_linear_at(module, path) is not None for path in (*inputs, output)):
+                found.append((name, inputs, output, field))
+    return found
+
+
+def prune_ffn_neurons(model: nn.Module, pruning_percentage: float) -> nn.Module:
+    """Remove the least important intermediate neurons of every feed-forward block, shrinking its layers.
+
+    Recognised blocks: BERT-family layers (`intermediate.dense` -> `output.dense`), Llama-style gated MLPs
+    (`gate_proj`, `up_proj` -> `down_proj`) and DistilBERT's `FFN` (`lin1` -> `lin2`). The importance of
+    neuron j is the L2 norm of all its weights: row j of every input projection concatenated with column j
+    of the output projection (biases not counted). Every block loses the same number of neurons,
+    `round(pruning_percentage * width)`, so the config's width field (`intermediate_size`, `hidden_dim` for
+    DistilBERT) is updated to the new width and `from_pretrained` reloads a `save_pretrained` copy directly.
+
+    Args:
+        model: a model containing recognised FFN blocks, modified in place.
+        pruning_percentage: fraction of each block's neurons to remove, in [0, 1).
+
+    Returns:
+        `model` itself with smaller `nn.Linear` layers (same dtype and device). 0% leaves it untouched.
+
+    Raises:
+        TypeError: `pruning_percentage` is not a real number, or `model` is not an nn.Module.
+        ValueError: `pruning_percentage` is outside [0, 1] or would remove every neuron, `model` has no
+            recognised FFN block, or its blocks differ in width.
+    """
+    _check_fraction(pruning_percentage)
+    _check_model(model)
+    ffns = _find_ffns(model)
+    if not ffns:
+        raise ValueError(
+            f"{type(model).__name__} has no recognised feed-forward block "
+            "(intermediate.dense/output.dense, gate_proj/up_proj/down_proj, or lin1/lin2)"
+        )
+    widths = {model.get_submodule(_join(name, output)).in_features for name, _, output, _ in ffns}
+    if len(widths) > 1:
+        raise ValueError(
+            f"FFN blocks of {type(model).__name__} differ in width {sorted(widths)}; cannot shrink them alike"
+        )
+    width = widths.pop()
+    n_removed = round(pruning_percentage * width)
+    if n_removed == width:
+        raise ValueError(
+            f"pruning_percentage={pruning_percentage} would remove all {width} neurons of each FFN block"
+        )
+    if n_removed == 0:
+        return model
+    for name, inputs, output, field in ffns:
+        in_paths = [_join(name, path) for path in inputs]
+        out_path = _join(name, output)
+        out_weight = model.get_submodule(out_path).weight.detach().float()
+        # Squared L2 norm of each neuron's weights: it ranks the neurons exactly as the norm does.
+        importance = out_weight.pow(2).sum(0)
+        for path in in_paths:
+            importance += model.get_submodule(path).weight.detach().float().pow(2).sum(1)
+        keep = torch.topk(importance, width - n_removed).indices.sort().values
+        for path in in_paths:
+            model.set_submodule(path, _select_linear(model.get_submodule(path), keep, dim=0))
+        model.set_submodule(out_path, _select_linear(model.get_submodule(out_path), keep, dim=1))
+        block = model.get_submodule(name)
+        if hasattr(block, field):  # LlamaMLP keeps its own copy of intermediate_size
+            setattr(block, field, width - n_removed)
+    config = getattr(model, "config", None)
+    for field in {field for *_, field in ffns}:
+        if hasattr(config, field):
+            setattr(config, field, width - n_removed)
+    return model
+
+
+def _find_attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """BERT-style attention blocks of `model`, by name without the base-model prefix.
+
+    Without the prefix ("bert."), `BertModel` and `BertForMaskedLM` give their blocks the same names
+    ("encoder.layer.0.attention"), so a record taken on one applies to the other.
+    """
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    return {
+        name.removeprefix(prefix): module
+        for name, module in model.named_modules()
+        if all(_linear_at(module, path) is not None for path in (*(f"self.{p}" for p in _QKV), _HEAD_COLUMNS))
+        and hasattr(module.self, "num_attention_heads")
+    }
+
+
+def _original_heads(block: nn.Module) -> list[int]:
+    """The original index of each current head of a BERT-style attention block."""
+    pruned = getattr(block, "pruned_heads", set())
+    return [h for h in range(block.self.num_attention_heads + len(pruned)) if h not in pruned]
+
+
+def _shrink_attention(block: nn.Module, keep: list[int]) -> None:
+    """Keep only the heads `keep` (current indices) of a BERT-style attention block, fixing its bookkeeping."""
+    attention = block.self
+    head_size = attention.attention_head_size
+    kept = torch.tensor(keep, device=attention.query.weight.device)
+    rows = (kept[:, None] * head_size + torch.arange(head_size, device=kept.device)).flatten()
+    for path in _QKV:
+        setattr(attention, path, _select_linear(getattr(attention, path), rows, dim=0))
+    block.output.dense = _select_linear(block.output.dense, rows, dim=1)
+    # forward() reshapes with -1 heads and the stored head size; `scaling` stays 1/sqrt(head_size) as
+    # every kept head keeps its size. These two counts keep the module's description true.
+    attention.num_attention_heads = len(keep)
+    attention.all_head_size = len(keep) * head_size
+
+
+def remove_attention_heads(model: nn.Module, heads: Mapping[str, Iterable[int]]) -> nn.Module:
+    """Remove the given heads from BERT-style attention blocks, shrinking q/k/v and the output projection.
+
+    Head indices are the block's original numbering (before any pruning); heads already removed are
+    skipped, so applying a record twice changes nothing. Each block remembers its removed heads in a
+    `pruned_heads` attribute, and the model's config gets the record `config.pruned_heads`
+    (`{block name: sorted original indices}`, JSON-safe, saved by `save_pretrained`). A freshly built
+    model given `remove_attention_heads(model, config.pruned_heads)` has the pruned shapes again: this is
+    how `load_pruned_model` reloads. Nothing is changed unless every entry is valid.
+
+    Args:
+        model: a model with BERT-style attention blocks (`self.query/key/value`, `output.dense`), in place.
+        heads: block name (as in `config.pruned_heads`, e.g. "encoder.layer.0.attention") -> head indices.
+
+    Returns:
+        `model` itself.
+
+    Raises:
+        TypeError: `model` is not an nn.Module.
+        ValueError: a name matches no attention block, an index is not a head of its block, or a block
+            would be left without heads.
+    """
+    _check_model(model)
+    blocks = _find_attention_blocks(model)
+    plans = {}
+    for name, indices in heads.items():
+        if name not in blocks:
+            raise ValueError(f"no BERT-style attention block named {name!r} in {type(model).__name__}")
+        block = blocks[name]
+        pruned = getattr(block, "pruned_heads", set())
+        total = block.self.num_attention_heads + len(pruned)
+        indices = set(indices)
+        if not all(isinstance(h, int) and not isinstance(h, bool) and 0 <= h < total for h in indices):
+            raise ValueError(
+                f"head indices of {name} must be ints in [0, {total}), got {sorted(indices, key=str)}"
+            )
+        keep = [i for i, h in enumerate(_original_heads(block)) if h not in indices]
+        if not keep:
+            raise ValueError(f"removing heads {sorted(indices)} would leave {name} without attention heads")
+        if len(keep) < block.self.num_attention_heads:
+            plans[name] = (keep, pruned | indices)
+    for name, (keep, pruned) in plans.items():
+        _shrink_attention(blocks[name], keep)
+        blocks[name].pruned_heads = pruned
+    config = getattr(model, "config", None)
+    if plans and config is not None:
+        config.pruned_heads = {
+            name: sorted(block.pruned_heads)
+            for name, block in blocks.items()
+            if getattr(block, "pruned_heads", None)
+        }
+    return model
+
+
+def prune_attention_heads(model: nn.Module, pruning_percentage: float) -> nn.Module:
+    """Remove the least important attention heads of every BERT-style attention block.
+
+    Supported: BERT-family encoders whose attention block has `self.query/key/value` and `output.dense`
+    (BERT, RoBERTa, ELECTRA, ...). Llama-style attention (grouped key/value heads) and DistilBERT are not.
+    The importance of a head is the L2 norm of all its weights: its rows of the query, key and value
+    weights and its columns of the output projection. Every block loses `round(pruning_percentage *
+    heads)` heads, found by importance, removed with `remove_attention_heads` (see there for the
+    record kept in `config.pruned_heads` and for reloading).
+
+    Args:
+        model: a model with BERT-style attention, modified in place.
+        pruning_percentage: fraction of each block's heads to remove, in [0, 1).
+
+    Returns:
+        `model` itself; it runs with the sdpa and eager attention implementations. 0% leaves it untouched.
+
+    Raises:
+        TypeError: `pruning_percentage` is not a real number, or `model` is not an nn.Module.
+        ValueError: `pruning_percentage` is outside [0, 1] or would remove every head of a block, or
+            `model` has no BERT-style attention block.
+    """
+    _check_fraction(pruning_percentage)
+    _check_model(model)
+    blocks = _find_attention_blocks(model)
+    if not blocks:
+        raise ValueError(
+            f"{type(model).__name__} has no BERT-style attention block (self.query/key/value + output.dense); "
+            "prune_attention_heads supports BERT-family encoders only"
+        )
+    heads = {}
+    for name, block in blocks.items():
+        attention = block.self
+        n_heads, head_size = attention.num_attention_heads, attention.attention_head_size
+        # Squared L2 norm of each head's weights: it ranks the heads exactly as the norm does.
+        importance = block.output.dense.weight.detach().float().reshape(-1, n_heads, head_size).pow(2).sum((0, 2))
+        for path in _QKV:
+            weight = getattr(attention, path).weight.detach().float()
+            importance += weight.reshape(n_heads, head_size, -1).pow(2).sum((1, 2))
+        weakest = torch.topk(importance, round(pruning_percentage * n_heads), largest=False).indices
+        original = _original_heads(block)
+        heads[name] = [original[i] for i in weakest.tolist()]
+    return remove_attention_heads(model, heads)
+
+
+def load_pruned_model(model_class: type[nn.Module], path: str | os.PathLike) -> nn.Module:
+    """Reload a model that `prune_ffn_neurons` / `prune_attention_heads` shrank and `save_pretrained` saved.
+
+    The saved config already has the new FFN width; its `pruned_heads` record (if any) is replayed with
+    `remove_attention_heads` on the freshly built model before the saved weights are loaded. A model
+    without pruned heads also reloads with plain `model_class.from_pretrained(path)`.
+
+    Args:
+        model_class: the Hugging Face model class, e.g. `BertForMaskedLM`.
+        path: the directory written by `save_pretrained` (`config.json` and `*.safetensors`).
+
+    Returns:
+        the model, in eval mode like `from_pretrained` returns it.
+
+    Raises:
+        ValueError: the weights do not cover the rebuilt model's parameters (see `from_sparse_state_dict`).
+    """
+    config = model_class.config_class.from_pretrained(path)
+    model = model_class(config)
+    remove_attention_heads(model, getattr(config, "pruned_heads", {}))
+    state = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        state.update(load_file(file))
+    _load_unique_state_dict(model, state)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Storage: values + packed bitmask
+# ---------------------------------------------------------------------------------------------------------
+
+def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` without tied aliases: a tensor reachable under several names (BERT's decoder
+    weight is its word embedding) is kept under its first name only, as `save_pretrained` does."""
+    unique, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride())
+        if tensor.numel() > 0 and key in seen:
+            continue
+        seen.add(key)
+        unique[name] = tensor
+    return unique
+
+
+def _load_unique_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load `state` into `model`, requiring every non-alias entry of its state dict and no unknown name."""
+    missing = _unique_state_dict(model).keys() - state.keys()
+    unexpected = state.keys() - model.state_dict().keys()
+    if missing or unexpected:
+        raise ValueError(
+            f"state dict does not fit {type(model).__name__}: "
+            f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
+    model.load_state_dict(state, strict=False)  # tied aliases are filled through the tensor they share
+
+
+def to_sparse_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights with every mostly-zero floating tensor stored as values + packed bitmask.
+
+    A tensor `name` of n elements, nnz of them non-zero, goes sparse exactly when that takes fewer bytes,
+    nnz * itemsize + ceil(n / 8) + 8 * ndim < n * itemsize (for float32: above about 3% zeros), as three
+    entries: `name.sparse_values` (the non-zeros in row-major order, original dtype), `name.sparse_mask`
+    (torch.uint8, bit i of byte b set when element 8b + i is non-zero) and `name.sparse_shape` (int64).
+    Every other tensor is kept under its own name. Tied aliases are stored once, under their first name.
+    The result is a flat dict of contiguous, non-overlapping tensors: `safetensors.torch.save_file` and
+    `torch.save` both write it. Dense entries share memory with the model, like `state_dict()`.
+
+    Args:
+        model: any module, typically after `apply_weight_pruning`.
+
+    Returns:
+        dict from names to tensors, to pass to `from_sparse_state_dict`.
+    """
+    sparse = {}
+    for name, tensor in _unique_state_dict(model).items():
+        tensor = tensor.detach()
+        nonzero = tensor != 0
+        if tensor.is_floating_point() and (
+            int(nonzero.sum()) * tensor.element_size() + -(-tensor.numel() // 8) + 8 * tensor.dim()
+            < tensor.numel() * tensor.element_size()
+        ):
+            sparse[name + _VALUES] = tensor[nonzero]
+            sparse[name + _MASK] = pack_bits(nonzero, 1)
+            sparse[name + _SHAPE] = torch.tensor(tensor.shape, dtype=torch.int64)
+        else:
+            sparse[name] = tensor.contiguous()
+    return sparse
+
+
+def from_sparse_state_dict(model: nn.Module, sparse_state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load a dict made by `to_sparse_state_dict` into `model` (same architecture), in place.
+
+    The weights come back identical, except that a zero is restored as +0.0 (a -0.0 weight, which
+    `torch.nn.utils.prune` leaves behind for negative weights, returns as +0.0: equal in value, same
+    products up to the sign of zero).
+
+    Args:
+        model: a model of the architecture the dict was made from.
+        sparse_state_dict: the dict, e.g. from `safetensors.torch.load_file`.
+
+    Returns:
+        `model` itself.
+
+    Raises:
+        ValueError: a sparse entry lacks its mask or shape, or the names do not match the model's state
+            dict (a missing weight or an unknown name). A shape mismatch raises torch's RuntimeError.
+    """
+    dense = {}
+    for name, tensor in sparse_state_dict.items():
+        if name.endswith(_VALUES):
+            base = name.removesuffix(_VALUES)
+            if base + _MASK not in sparse_state_dict or base + _SHAPE not in sparse_state_dict:
+                raise ValueError(f"sparse entry {base!r} needs {base + _MASK!r} and {base + _SHAPE!r}")
+            shape = torch.Size(sparse_state_dict[base + _SHAPE].tolist())
+            nonzero = unpack_bits(sparse_state_dict[base + _MASK], 1, shape.numel()).bool()
+            restored = torch.zeros(shape.numel(), dtype=tensor.dtype, device=tensor.device)
+            restored[nonzero] = tensor
+            dense[base] = restored.view(shape)
+        elif not name.endswith((_MASK, _SHAPE)):
+            dense[name] = tensor
+    _load_unique_state_dict(model, dense)
+    return model

@@ -1,0 +1,591 @@
+"""Quantization for the lab: from one vector to a whole model.
+
+Layers, each built on the one before:
+
+- `QuantizedVector` (Exercise 1): one tensor, one scale, four formats
+  ('fp16', 'int8' absmax, '1.58bit' ternary, '1bit' sign).
+- `absmax_quantize` and `mixed_precision_forward` (Exercise 2): LLM.int8()
+  (Dettmers et al., 2022). Input features with an outlier go through fp16, the
+  rest through int8 x int8 -> int32 (`int8_matmul`, exact) and are dequantized
+  with the row and column scales. This is the one int8 kernel of the lab.
+- `QuantizedLinear`: an `nn.Linear` replacement that stores the compressed
+  weight as buffers (fp16, int8 per output channel, 2-bit packed ternary,
+  1-bit packed sign), so `state_dict()` holds the real bytes; int8 computes
+  through `mixed_precision_forward`.
+- `quantize_model`: swaps the `nn.Linear` layers of a model for `QuantizedLinear`.
+
+It does not: train or fine-tune quantized weights (no straight-through
+estimator), quantize activations of the 1.58-bit and 1-bit layers (they are
+weight-only), or measure sizes (`evaluation.model_size_mb` counts parameters
+and buffers, which is honest here because the buffers are the packed codes).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bitpack import pack_bits, unpack_bits
+
+FORMATS = ("fp16", "int8", "1.58bit", "1bit")
+# Formats whose codes carry no scale to dequantize with in QuantizedVector.
+_NO_DEQUANTIZATION = ("1.58bit", "1bit")
+
+# K-chunk of the exact fp32 GEMM in int8_matmul: 1024 * 128 * 128 == 2**24 (proof there).
+_EXACT_FP32_CHUNK = 1024
+# Largest reduction length whose int32 sum cannot overflow: K * 128 * 128 <= 2**31 - 1.
+_MAX_INT8_K = (2**31 - 1) // (128 * 128)
+
+
+def _check_format(quantization_format: str) -> None:
+    if quantization_format not in FORMATS:
+        supported = ", ".join(repr(f) for f in FORMATS)
+        raise ValueError(f"Unknown quantization format {quantization_format!r}; supported formats: {supported}")
+
+
+def _check_threshold(threshold: float | None) -> None:
+    ok = threshold is None or (
+        isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0
+    )
+    if not ok:
+        raise ValueError(f"threshold must be a positive number or None, got {threshold!r}")
+
+
+# ---------------------------------------------------------------------------
+# Exercise 1: one tensor, one scale
+# ---------------------------------------------------------------------------
+
+class QuantizedVector:
+    """A tensor quantized on construction, with one scale for the whole tensor.
+
+    Formats:
+        'fp16'    `quantized_vector` is `vector.half()`; `alpha` is 1.
+        'int8'    absmax: `alpha = 127 / max|x|`, codes `round(x * alpha)` as int8
+                  in [-127, 127]; `dequantize()` gives `codes / alpha`.
+        '1.58bit' ternary int8 codes: with `t = mean|x|`, x > t -> 1, x < -t -> -1, else 0.
+        '1bit'    sign int8 codes in {-1, +1}, zero counted as +1.
+
+    `alpha` always maps values onto the code grid (codes ~ x * alpha). For
+    '1.58bit' and '1bit' it is `1 / mean|x|`: the ternary rule is "code ±1 where
+    |x * alpha| > 1", and `mean|x|` is the least-squares scale of sign codes.
+    Those two formats keep no scale of their own, so `dequantize()` refuses them.
+    An all-zero tensor gets `alpha = 1` (all codes 0, or +1 for '1bit').
+
+    The arithmetic runs in float32 whatever the input dtype, except 'fp16',
+    which rounds the original tensor directly.
+
+    Args:
+        vector: floating tensor of any non-empty shape with finite values.
+        quantization_format: one of 'fp16', 'int8', '1.58bit', '1bit'.
+
+    Attributes:
+        original_vector: the tensor given.
+        quantized_vector: float16 ('fp16') or int8 codes, same shape.
+        alpha: Python float, see above.
+        quantization_format: the format given.
+
+    Raises:
+        TypeError: `vector` is not a tensor.
+        ValueError: empty, non-floating or non-finite `vector`; unknown format.
+    """
+
+    def __init__(self, vector: torch.Tensor, quantization_format: str = "int8") -> None:
+        if not isinstance(vector, torch.Tensor):
+            raise TypeError(f"vector must be a torch.Tensor, got {type(vector).__name__}")
+        _check_format(quantization_format)
+        if vector.numel() == 0:
+            raise ValueError(f"vector must not be empty, got shape {tuple(vector.shape)}")
+        if not vector.is_floating_point():
+            raise ValueError(f"vector must be a floating-point tensor, got dtype {vector.dtype}")
+        if not torch.isfinite(vector).all():
+            raise ValueError("vector must contain only finite values (no NaN or inf)")
+        self.original_vector = vector
+        self.quantization_format = quantization_format
+        self.quantized_vector: torch.Tensor | None = None
+        self.alpha: float | None = None
+        self.quantize()
+
+    def quantize(self) -> torch.Tensor:
+        """Set `quantized_vector` and `alpha` from `original_vector`; return `quantized_vector`."""
+        x = self.original_vector.detach()
+        # BEGIN SOLUTION (Exercise 1)
+        # TODO: 'fp16': quantized_vector = x.half(), alpha = 1.0.
+        # TODO: 'int8': alpha = 127 / max|x| (1.0 when max|x| is 0);
+        #       quantized_vector = round(x * alpha) as torch.int8.
+        # TODO: '1.58bit': t = mean|x|; codes 1 where x > t, -1 where x < -t, else 0 (int8).
+        # TODO: '1bit': codes -1 where x < 0, else +1 (int8).
+        # TODO: for '1.58bit' and '1bit' set alpha = 1 / mean|x| (1.0 when mean|x| is 0).
+        if self.quantization_format == "fp16":
+            self.quantized_vector, self.alpha = x.half(), 1.0
+            return self.quantized_vector
+        x = x.float()
+        if self.quantization_format == "int8":
+            absmax = x.abs().max().item()
+            self.alpha = 127.0 / absmax if absmax > 0 else 1.0
+            self.quantized_vector = torch.round(x * self.alpha).to(torch.int8)
+            return self.quantized_vector
+        absmean = x.abs().mean().item()
+        self.alpha = 1.0 / absmean if absmean > 0 else 1.0
+        if self.quantization_format == "1.58bit":
+            codes = (x > absmean).to(torch.int8) - (x < -absmean).to(torch.int8)
+        else:
+            codes = torch.where(x < 0, -1, 1).to(torch.int8)
+        self.quantized_vector = codes
+        # END SOLUTION
+        return self.quantized_vector
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 reconstruction, same shape as `original_vector`.
+
+        Raises:
+            ValueError: for '1.58bit' and '1bit' ("Unsupported dequantization format: <format>").
+        """
+        if self.quantization_format in _NO_DEQUANTIZATION:
+            raise ValueError(f"Unsupported dequantization format: {self.quantization_format}")
+        # BEGIN SOLUTION (Exercise 1)
+        # TODO: 'fp16': the half values as float32.
+        # TODO: 'int8': codes / alpha as float32.
+        if self.quantization_format == "fp16":
+            return self.quantized_vector.float()
+        return self.quantized_vector.float() / self.alpha
+        # END SOLUTION
+
+    def get_quantized(self) -> torch.Tensor:
+        """Return `quantized_vector`."""
+        return self.quantized_vector
+
+
+# ---------------------------------------------------------------------------
+# Exercise 2: LLM.int8() mixed-precision matrix multiplication
+# ---------------------------------------------------------------------------
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact int8 x int8 matrix product with int32 accumulation.
+
+    On CUDA, `torch._int_mm` when its shape rules hold (M > 16; K and N
+    multiples of 8). Elsewhere, float32 GEMMs over K-chunks of at most 1024,
+    summed in int32: CPU `torch._int_mm` is about 20x slower than fp32 BLAS.
+
+    Why the fp32 chunks are exact: every product |a_ik * b_kj| <= 128 * 128 = 2**14,
+    and whatever order, blocking or FMA the BLAS uses, every intermediate of a
+    chunk's dot product is a sum of a subset of its <= 1024 products, so an
+    integer of magnitude <= 1024 * 2**14 = 2**24. fp32 represents every integer
+    up to 2**24 exactly, so no operation ever rounds. (The codes need only 8
+    significant bits, so even reduced-precision fp32 matmul modes that round
+    the inputs to TF32 or bf16 leave them exact.) The int32 sum of the chunks
+    is exact while K * 2**14 < 2**31.
+
+    Args:
+        a: int8 tensor (M, K).
+        b: int8 tensor (K, N), any strides.
+
+    Returns:
+        int32 tensor (M, N), equal to the integer product.
+
+    Raises:
+        TypeError: `a` or `b` is not a tensor.
+        ValueError: not int8, not 2-D, inner sizes differ, or K > 131071 (int32 overflow).
+    """
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise TypeError(f"a and b must be torch.Tensor, got {type(a).__name__} and {type(b).__name__}")
+    if a.dtype != torch.int8 or b.dtype != torch.int8:
+        raise ValueError(f"a and b must be int8, got {a.dtype} and {b.dtype}")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"expected (M, K) @ (K, N) matrices, got {tuple(a.shape)} @ {tuple(b.shape)}")
+    m, k = a.shape
+    n = b.shape[1]
+    if k > _MAX_INT8_K:
+        raise ValueError(f"K={k} could overflow the int32 accumulator (at most {_MAX_INT8_K})")
+    if a.is_cuda and m > 16 and k % 8 == 0 and n % 8 == 0:
+        return torch._int_mm(a, b)
+    a32, b32 = a.float(), b.float()
+    step = _EXACT_FP32_CHUNK
+    out = torch.mm(a32[:, :step], b32[:step]).to(torch.int32)
+    for k0 in range(step, k, step):
+        out += torch.mm(a32[:, k0:k0 + step], b32[k0:k0 + step]).to(torch.int32)
+    return out
+
+
+def absmax_quantize(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Int8 absmax quantization with one scale per slice along `dim`.
+
+    The `QuantizedVector` int8 rule applied to every row (`dim=1`) or column
+    (`dim=0`) at once: `codes = round(x * alpha)` with `alpha = 127 / absmax`
+    computed first (the same float32 rounding as `QuantizedVector`). A slice of
+    zeros gets absmax 0 and codes 0.
+
+    Args:
+        x: floating tensor, e.g. (M, K).
+        dim: the dimension reduced by the max: 1 gives one scale per row, 0 per column.
+
+    Returns:
+        codes: int8 tensor, shape of `x`, values in [-127, 127].
+        absmax: float32 tensor, shape of `x` with `dim` of size 1 (e.g. (M, 1) for dim=1).
+    """
+    # BEGIN SOLUTION (Exercise 2)
+    # TODO: absmax = max |x| along dim, in float32, keeping the dimension.
+    # TODO: alpha = 127 / absmax where absmax > 0, else 1 (as in QuantizedVector).
+    # TODO: codes = round(x * alpha) as torch.int8.
+    x = x.float()
+    absmax = x.abs().amax(dim=dim, keepdim=True)
+    alpha = torch.where(absmax > 0, 127.0 / absmax, 1.0)
+    codes = torch.mul(x, alpha).round_().to(torch.int8)
+    # END SOLUTION
+    return codes, absmax
+
+
+def _check_kernel_args(input: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor | None) -> None:
+    for name, value in (("input", input), ("weight", weight), ("weight_scale", weight_scale)):
+        if not (isinstance(value, torch.Tensor) or (name == "weight_scale" and value is None)):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not input.is_floating_point():
+        raise ValueError(f"input must be floating point (fp16, bf16 or fp32), got {input.dtype}")
+    if weight.dim() != 2 or weight.numel() == 0:
+        raise ValueError(f"weight must be a non-empty (in_features, out_features) matrix, got {tuple(weight.shape)}")
+    if input.dim() == 0 or input.shape[-1] != weight.shape[0]:
+        raise ValueError(f"input's last dimension must be in_features={weight.shape[0]}, got shape {tuple(input.shape)}")
+    if weight_scale is None:
+        if not weight.is_floating_point():
+            raise ValueError(f"weight must be floating point, or int8 codes with weight_scale; got {weight.dtype}")
+    else:
+        if weight.dtype != torch.int8:
+            raise ValueError(f"with weight_scale, weight must hold int8 codes, got {weight.dtype}")
+        if weight_scale.shape != (weight.shape[1],) or not weight_scale.is_floating_point():
+            raise ValueError(f"weight_scale must be a floating (out_features,)=({weight.shape[1]},) tensor, "
+                             f"got {weight_scale.dtype} {tuple(weight_scale.shape)}")
+    if input.device != weight.device:
+        raise ValueError(f"input and weight must be on one device, got {input.device} and {weight.device}")
+
+
+def mixed_precision_forward(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    threshold: float | None = 6.0,
+    *,
+    weight_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """LLM.int8() matrix product `input @ weight` (Dettmers et al., 2022).
+
+    Input features (columns of the flattened input) where any |x| >= threshold
+    are outliers: those columns of the input and the matching rows of the
+    weight are multiplied in fp16. Everything else is absmax-quantized to int8
+    (row-wise for the input, column-wise for the weight, outliers set to 0
+    first), multiplied exactly with int32 accumulation (`int8_matmul`) and
+    dequantized with `outer(cx, cw) / 127**2`, where cx are the row absmaxes of
+    the non-outlier input and cw the column absmaxes of the non-outlier weight rows.
+
+    fp16 here means: operands rounded to float16, as fp16 storage would hold
+    them, and products accumulated in float32 (what fp16 tensor-core GEMMs do;
+    CPUs have no fast fp16 GEMM). Values beyond float16's range (65504) overflow.
+
+    A pre-quantized weight (as `QuantizedLinear` stores it) is given as int8
+    codes with `weight_scale`, the column absmaxes over all rows: its columns are
+    used as they are, and the outlier rows for the fp16 part are dequantized from
+    the codes, as bitsandbytes does.
+
+    Args:
+        input: floating tensor (..., in_features), fp16, bf16 or fp32; finite
+            values (a NaN spreads to its row of the result).
+        weight: (in_features, out_features) floating tensor, or int8 codes with `weight_scale`.
+        threshold: outlier magnitude, > 0; None means no outliers (pure int8).
+        weight_scale: float tensor (out_features,), the absmax of each column of
+            the weight the codes came from; None for a float weight.
+
+    Returns:
+        float32 tensor (..., out_features).
+
+    Raises:
+        TypeError: `input`, `weight` or `weight_scale` is not a tensor.
+        ValueError: bad dtypes or shapes, tensors on different devices, or a
+            threshold that is not a positive number or None.
+    """
+    _check_threshold(threshold)
+    _check_kernel_args(input, weight, weight_scale)
+    x = input.reshape(-1, input.shape[-1]).float()  # (M, K)
+    if x.shape[0] == 0:  # no rows: nothing to quantize (max over an empty dim is undefined)
+        return x.new_zeros(*input.shape[:-1], weight.shape[1])
+    limit = math.inf if threshold is None else float(threshold)
+    # BEGIN SOLUTION (Exercise 2)
+    # TODO: outliers = indices of the columns where any |x| >= limit.
+    # TODO: quantize x row-wise with absmax_quantize after zeroing its outlier columns.
+    # TODO: without weight_scale, quantize the weight column-wise after zeroing its
+    #       outlier rows; with weight_scale, weight already holds the codes (cw = weight_scale).
+    # TODO: int8_matmul the codes, then scale by outer(cx, cw) / 127**2.
+    # TODO: add the fp16 part: outlier columns of x times outlier rows of the weight
+    #       (dequantized codes * cw / 127 when pre-quantized), both rounded with .half().
+    outliers = (x.abs().amax(dim=0) >= limit).nonzero().squeeze(1)  # outlier column indices
+    has_outliers = outliers.numel() > 0
+    # The int8 part sees the outlier features as zeros (no copy when there are none).
+    x_int = x.index_fill(1, outliers, 0.0) if has_outliers else x
+    x_codes, cx = absmax_quantize(x_int, dim=1)  # (M, K) int8, (M, 1)
+    if weight_scale is None:
+        w = weight.float()
+        w_int = w.index_fill(0, outliers, 0.0) if has_outliers else w
+        w_codes, cw = absmax_quantize(w_int, dim=0)  # (K, N) int8, (1, N)
+        w_outliers = w.index_select(0, outliers)
+    else:
+        w_codes, cw = weight, weight_scale.float()[None, :]
+        w_outliers = weight.index_select(0, outliers).float() * (cw / 127)
+    out = int8_matmul(x_codes, w_codes).float().mul_(cx / 127).mul_(cw / 127)  # (M, N)
+    if has_outliers:
+        x_outliers = x.index_select(1, outliers)
+        out.addmm_(x_outliers.half().float(), w_outliers.half().float())
+    # END SOLUTION
+    return out.reshape(*input.shape[:-1], out.shape[-1])
+
+
+# ---------------------------------------------------------------------------
+# Beyond the exercises: a quantized layer and a quantized model
+# ---------------------------------------------------------------------------
+
+# Bits per packed code: ternary codes take 2 bits (4 per byte), sign codes 1 (8 per byte).
+_PACKED_BITS = {"1.58bit": 2, "1bit": 1}
+
+
+def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack codes in {-1, 0, 1} (bits=2) or {-1, 1} (bits=1) into a flat uint8 tensor.
+
+    Field values: 2 bits hold code + 1 (0, 1, 2); 1 bit holds 1 for +1 and 0 for -1.
+    Layout as in `bitpack.pack_bits`: ceil(n * bits / 8) bytes.
+    """
+    return pack_bits(codes + 1 if bits == 2 else codes > 0, bits)
+
+
+def _unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """Inverse of `_pack_codes`: the first `numel` codes as a flat int8 tensor."""
+    fields = unpack_bits(packed, bits, numel).to(torch.int8)
+    return fields - 1 if bits == 2 else fields * 2 - 1
+
+
+class QuantizedLinear(nn.Module):
+    """A linear layer whose weight is stored quantized; `y = x W^T + b`.
+
+    Formats and buffers (W is (out_features, in_features), n = its numel):
+        'fp16'    `weight` float16 (out, in).
+        'int8'    `weight` int8 codes (out, in), absmax per output channel, and
+                  `weight_scale` float32 (out,), each row's absmax. Activations are
+                  quantized per row at run time by `mixed_precision_forward`;
+                  input features with |x| >= threshold go through fp16;
+                  `threshold=None` is pure int8.
+        '1.58bit' BitNet b1.58 absmean rule per output channel: gamma = mean|w| of
+                  the row, codes = clip(round(w / gamma), -1, 1), w ~ gamma * code.
+                  `weight_packed` uint8 (ceil(n / 4),), 4 codes per byte, and
+                  `weight_scale` float32 (out,) = gamma. (QuantizedVector's ternary
+                  rule, threshold mean|x| and no scale, is the lesson's simpler version.)
+        '1bit'    codes = sign(w) (zero -> +1), scale = mean|w| of the row.
+                  `weight_packed` uint8 (ceil(n / 8),), 8 codes per byte, and
+                  `weight_scale` float32 (out,).
+    '1.58bit' and '1bit' are weight-only: `(x @ codes^T) * scale` in the input's dtype.
+    `bias` (if any) is a buffer in its original dtype. The output has the input's dtype.
+
+    Build one from a float layer with `from_linear`; the constructor makes an
+    empty layer of the right shapes to `load_state_dict` into (give it the same
+    format and threshold: they are configuration, not state).
+
+    Args:
+        in_features, out_features: layer sizes.
+        quantization_format: 'fp16', 'int8', '1.58bit' or '1bit'.
+        threshold: outlier threshold of 'int8' (> 0, or None for pure int8); unused otherwise.
+        bias: whether the layer has a bias.
+        device: device of the buffers.
+        dtype: dtype of the bias (default: torch's default dtype).
+
+    Raises:
+        ValueError: unknown format, or a threshold that is not positive or None.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        quantization_format: str,
+        threshold: float | None = 6.0,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_format(quantization_format)
+        _check_threshold(threshold)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.quantization_format = quantization_format
+        self.threshold = threshold
+        if quantization_format in _PACKED_BITS:
+            n_bytes = math.ceil(in_features * out_features * _PACKED_BITS[quantization_format] / 8)
+            self.register_buffer("weight_packed", torch.zeros(n_bytes, dtype=torch.uint8, device=device))
+        else:
+            weight_dtype = torch.float16 if quantization_format == "fp16" else torch.int8
+            self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=weight_dtype, device=device))
+        if quantization_format != "fp16":
+            self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32, device=device))
+        bias_tensor = torch.zeros(out_features, dtype=dtype, device=device) if bias else None
+        self.register_buffer("bias", bias_tensor)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(
+        cls, linear: nn.Linear, quantization_format: str, threshold: float | None = 6.0
+    ) -> QuantizedLinear:
+        """Quantize a float `nn.Linear` (see the class docstring for the formats).
+
+        Args:
+            linear: the layer to quantize; left unchanged.
+            quantization_format: 'fp16', 'int8', '1.58bit' or '1bit'.
+            threshold: outlier threshold for 'int8' (> 0), None for pure int8.
+
+        Returns:
+            A `QuantizedLinear` on `linear`'s device.
+
+        Raises:
+            TypeError: `linear` is not an `nn.Linear`.
+            ValueError: unknown format or bad threshold.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        weight, bias = linear.weight.detach(), linear.bias
+        layer = cls(linear.in_features, linear.out_features, quantization_format, threshold,
+                    bias=bias is not None, device=weight.device,
+                    dtype=bias.dtype if bias is not None else weight.dtype)
+        if bias is not None:
+            layer.bias.copy_(bias.detach())
+        if quantization_format == "fp16":
+            layer.weight.copy_(weight.half())
+            return layer
+        w = weight.float()
+        if quantization_format == "int8":
+            codes, scale = absmax_quantize(w, dim=1)
+            layer.weight.copy_(codes)
+            layer.weight_scale.copy_(scale.squeeze(1))
+            return layer
+        scale = w.abs().mean(dim=1, keepdim=True)
+        if quantization_format == "1.58bit":
+            # A zero row has gamma 0; dividing by 1 instead keeps its codes 0.
+            codes = (w / torch.where(scale > 0, scale, 1.0)).round_().clamp_(-1, 1)
+        else:
+            codes = torch.where(w < 0, -1.0, 1.0)
+        layer.weight_packed.copy_(_pack_codes(codes.to(torch.int8), _PACKED_BITS[quantization_format]))
+        layer.weight_scale.copy_(scale.squeeze(1))
+        return layer
+
+    def weight_codes(self) -> torch.Tensor:
+        """The integer weight codes, int8 (out_features, in_features), unpacked if packed.
+
+        Raises:
+            ValueError: for 'fp16', which stores no codes.
+        """
+        if self.quantization_format == "fp16":
+            raise ValueError("the 'fp16' format stores float16 weights, not integer codes")
+        if self.quantization_format == "int8":
+            return self.weight
+        bits = _PACKED_BITS[self.quantization_format]
+        numel = self.out_features * self.in_features
+        return _unpack_codes(self.weight_packed, bits, numel).view(self.out_features, self.in_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The weight the layer represents, float32 (out_features, in_features)."""
+        if self.quantization_format == "fp16":
+            return self.weight.float()
+        scale = self.weight_scale[:, None]
+        if self.quantization_format == "int8":
+            scale = scale / 127
+        return self.weight_codes().float() * scale
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """`input @ W^T + bias`; input (..., in_features) -> (..., out_features), input's dtype."""
+        fmt = self.quantization_format
+        if fmt == "int8":
+            out = mixed_precision_forward(input, self.weight.t(), self.threshold, weight_scale=self.weight_scale)
+        elif fmt == "fp16":
+            # fp16 inputs compute in fp16; fp32 and bf16 inputs in fp32 (fp16 -> bf16 would round).
+            dtype = torch.promote_types(input.dtype, torch.float16)
+            out = F.linear(input.to(dtype), self.weight.to(dtype))
+        else:
+            out = F.linear(input, self.weight_codes().to(input.dtype)) * self.weight_scale.to(input.dtype)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.to(input.dtype)
+
+    def extra_repr(self) -> str:
+        threshold = f", threshold={self.threshold}" if self.quantization_format == "int8" else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"format={self.quantization_format!r}{threshold}, bias={self.bias is not None}")
+
+
+# Linear layers named like these (the last part of the module name) stay in
+# float by default: task heads are small and quantizing them costs the most accuracy.
+DEFAULT_SKIP = ("lm_head", "classifier", "score")
+
+
+def _default_skip(model: nn.Module) -> set[str]:
+    """Names of the output head: the Hugging Face output embeddings plus `DEFAULT_SKIP` names."""
+    skip = set(DEFAULT_SKIP)
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if head is not None:
+        skip.update(name for name, module in model.named_modules() if module is head)
+    return skip
+
+
+def quantize_model(
+    model: nn.Module,
+    quantization_format: str,
+    threshold: float | None = 6.0,
+    skip: Iterable[str] | None = None,
+    *,
+    verbose: bool = True,
+) -> nn.Module:
+    """Replace the `nn.Linear` layers of `model` with `QuantizedLinear`, in place.
+
+    By default (`skip=None`) the output head stays in float: the module
+    returned by `model.get_output_embeddings()` (BERT's MLM decoder, tied to
+    the word embeddings; a causal LM's `lm_head`) and any linear layer named
+    'lm_head', 'classifier' or 'score'. Pass `skip=()` to quantize every layer.
+
+    Afterwards `model.quantization_report` is a dict with 'format', 'threshold',
+    'replaced' and 'skipped' (lists of module names); with `verbose` one line
+    saying how many layers were replaced is printed.
+
+    Args:
+        model: any module, e.g. a Hugging Face model.
+        quantization_format: 'fp16', 'int8', '1.58bit' or '1bit'.
+        threshold: outlier threshold of 'int8' (> 0), None for pure int8.
+        skip: module names kept in float; an entry matches a layer's full name
+            ('cls.predictions.decoder') or its last part ('classifier').
+        verbose: print the summary line.
+
+    Returns:
+        `model` itself, its linear layers replaced.
+
+    Raises:
+        ValueError: unknown format, bad threshold, or no `nn.Linear` left to replace.
+    """
+    _check_format(quantization_format)
+    _check_threshold(threshold)
+    if isinstance(model, nn.Linear):
+        raise ValueError("quantize_model replaces the layers inside a model; "
+                         "quantize a lone nn.Linear with QuantizedLinear.from_linear")
+    skip = _default_skip(model) if skip is None else set(skip)
+    replaced, skipped = [], []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        if name in skip or name.rpartition(".")[2] in skip:
+            skipped.append(name)
+            continue
+        parent_name, _, child = name.rpartition(".")
+        quantized = QuantizedLinear.from_linear(module, quantization_format, threshold)
+        setattr(model.get_submodule(parent_name), child, quantized)
+        replaced.append(name)
+    if not replaced:
+        raise ValueError(f"no nn.Linear left to replace in {type(model).__name__} "
+                         f"(kept in float by skip: {skipped or 'none'})")
+    model.quantization_report = {"format": quantization_format, "threshold": threshold,
+                                 "replaced": replaced, "skipped": skipped}
+    if verbose:
+        print(f"quantize_model: replaced {len(replaced)} nn.Linear layers with {quantization_format} "
+              f"QuantizedLinear; kept in float: {', '.join(skipped) or 'none'}")
+    return model
