@@ -1,4 +1,4 @@
-"""Shared pytest configuration: offline Hugging Face, deterministic threads, the grading marker."""
+"""Shared pytest configuration: offline Hugging Face, deterministic threads, the grading marker and plugin."""
 import os
 import sys
 from pathlib import Path
@@ -10,6 +10,11 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 # The lab modules live at the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# The grader (`pytest --grade`, `pytest --exercise N`), tools/grading.py. Allowed in this
+# conftest, which is not at the rootdir, because it is always an initial conftest
+# (testpaths = tests), loaded before pytest configures itself.
+pytest_plugins = ["tools.grading"]
 
 
 def pytest_configure(config):

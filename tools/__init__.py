@@ -1,0 +1,1 @@
+"""Release and grading tools of the lab: make_student (student release), grading (pytest plugin)."""
