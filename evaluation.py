@@ -159,11 +159,14 @@ def load_model(name_or_path: str | Path, kind: str | None = None, **kwargs) -> t
         ValueError: bad `kind`, or a kind that cannot be detected.
     """
     _check_kind(kind)
+    # An unreachable hub makes huggingface_hub retry for tens of seconds per file: when the
+    # hub cannot be reached, look in the local cache only and fail fast.
+    cache_only = {} if Path(name_or_path).is_dir() or hub_available() else {"local_files_only": True}
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path, **cache_only)
         auto = AutoModelForMaskedLM if (kind or model_kind(config)) == "masked" else AutoModelForCausalLM
-        model = auto.from_pretrained(name_or_path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = auto.from_pretrained(name_or_path, **cache_only, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **cache_only)
     except (OSError, EntryNotFoundError) as error:
         # The library's own stack trace says little more than its first line: replace it.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -217,7 +220,13 @@ def load_texts(split: str = "test", limit: int | None = None, *, source: str = "
         try:
             import datasets  # imported here: slow to import, and only needed with the hub
 
-            lines = datasets.load_dataset(*WIKITEXT, split=split)["text"]
+            # As in load_model: with the hub unreachable, use the local cache only and fail fast.
+            offline = datasets.config.HF_HUB_OFFLINE
+            datasets.config.HF_HUB_OFFLINE = offline or not hub_available()
+            try:
+                lines = datasets.load_dataset(*WIKITEXT, split=split)["text"]
+            finally:
+                datasets.config.HF_HUB_OFFLINE = offline
         except OSError as error:  # ConnectionError, DatasetNotFoundError, LocalEntryNotFoundError...
             if source == "wikitext":
                 raise

@@ -93,6 +93,9 @@ def apply_weight_pruning(model: nn.Module, layer_type: type, pruning_percentage:
     absolute value. The result equals `torch.nn.utils.prune.l1_unstructured(layer, "weight",
     amount=pruning_percentage)` followed by `prune.remove(layer, "weight")`, ties included. Biases are kept.
 
+    A weight tied to another tensor is pruned for both: the decoder of `BertForMaskedLM` shares its
+    weight with the word embeddings, so pass `model.base_model.encoder` to prune the encoder alone.
+
     Args:
         model: any module; it is modified in place.
         layer_type: the class of the layers to prune, e.g. `nn.Linear`.
@@ -134,7 +137,8 @@ def apply_structured_pruning(
     features (columns). Each layer loses `round(pruning_percentage * weight.shape[dim])` slices, exactly
     as `torch.nn.utils.prune.ln_structured(layer, "weight", amount, n=norm, dim=dim)` + `prune.remove`,
     which this function calls. The zeroed slices are still stored: use `prune_ffn_neurons` or
-    `prune_attention_heads` to remove them physically.
+    `prune_attention_heads` to remove them physically. `prune.remove` replaces the weight parameter, which
+    unties a tied weight (the `BertForMaskedLM` decoder): prune `model.base_model.encoder` there.
 
     Args:
         model: any module; it is modified in place.
