@@ -22,6 +22,7 @@ test: $(STAMP)
 
 report: $(STAMP)
 	$(PY) tools/run_notebook.py model_compression_and_pruning.ipynb
+	$(PY) tools/run_notebook.py distillation_classification.ipynb
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

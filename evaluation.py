@@ -10,11 +10,14 @@ Every compressed variant of a model is measured the same way:
   so every variant sees the very same masks; causal LMs by the sliding-window
   method. Both are token-weighted, batched with dynamic padding, and computed in
   float32 from the logits, so fp16 and bitsandbytes models are scored alike.
-  `pseudo_perplexity` masks every token in turn (Salazar et al., 2020).
+  `pseudo_perplexity` masks every token in turn (Salazar et al., 2020). `accuracy`
+  scores sequence classifiers.
 - `model_size_mb` counts the bytes the tensors occupy in memory (tied tensors once,
-  packed quantized storage as stored); `serialized_size_mb` the bytes on disk.
+  packed quantized storage as stored, PyTorch's quantized Linear layers included);
+  `serialized_size_mb` the bytes on disk; `parameter_count` the weights.
 - `measure_latency` times forward passes of already tokenized inputs.
-- `compare`, `save_rows` and `plot_comparison` put it all in one table and one figure.
+- `compare`, `save_rows` and `plot_comparison` put it all in one table and one figure,
+  with perplexity or any other quality metric (e.g. accuracy).
 
 It does not compress or distil models (quantization.py, pruning.py and
 distillation.py do), and it prints nothing but optional progress bars: results are
@@ -24,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import socket
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -43,11 +47,13 @@ from huggingface_hub.errors import EntryNotFoundError
 from matplotlib import ticker
 from matplotlib.figure import Figure
 from torch import nn
+from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForMaskedLM,
@@ -61,7 +67,13 @@ from transformers.models.auto.modeling_auto import (
 )
 
 MB = 2**20
-KINDS = ("masked", "causal")
+KINDS = ("masked", "causal")  # the language models that `perplexity` scores
+# The columns of `compare` besides the quality metric and its ratio.
+COLUMNS = ("name", "size_mb", "serialized_mb", "latency_median_ms", "latency_p90_ms", "size_ratio", "speedup")
+# Whether a higher value is better, for the metrics `plot_comparison` knows by name.
+HIGHER_IS_BETTER = {"perplexity": False, "accuracy": True}
+MODEL_CLASSES = {"masked": AutoModelForMaskedLM, "causal": AutoModelForCausalLM,
+                 "sequence-classification": AutoModelForSequenceClassification}  # what `load_model` loads
 SPLITS = ("train", "validation", "test")
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CORPUS_DIR = DATA_DIR / "corpus"
@@ -140,15 +152,18 @@ def _check_kind(kind: str | None) -> None:
 
 
 def load_model(name_or_path: str | Path, kind: str | None = None, **kwargs) -> tuple[nn.Module, object]:
-    """Load a Hugging Face masked or causal LM and its tokenizer, in eval mode.
+    """Load a Hugging Face masked LM, causal LM or sequence classifier and its tokenizer, in eval mode.
 
     Args:
         name_or_path: a hub id (e.g. "google-bert/bert-base-uncased") or a local directory
             written by `save_pretrained`.
-        kind: "masked" (AutoModelForMaskedLM), "causal" (AutoModelForCausalLM) or None to
-            detect it from the config (see `model_kind`).
+        kind: "masked" (AutoModelForMaskedLM), "causal" (AutoModelForCausalLM),
+            "sequence-classification" (AutoModelForSequenceClassification: a new, randomly
+            initialised classifier when the checkpoint has none) or None to detect a masked or
+            causal LM from the config (see `model_kind`).
         **kwargs: passed to `from_pretrained`, e.g. `dtype=torch.float16`,
-            `quantization_config=BitsAndBytesConfig(...)`, `device_map="auto"`.
+            `quantization_config=BitsAndBytesConfig(...)`, `device_map="auto"`, or for a
+            classifier `num_labels=`, `id2label=`, `label2id=`.
 
     Returns:
         (model, tokenizer).
@@ -158,13 +173,13 @@ def load_model(name_or_path: str | Path, kind: str | None = None, **kwargs) -> t
             reached (or HF_HUB_OFFLINE is set); the message lists the offline options.
         ValueError: bad `kind`, or a kind that cannot be detected.
     """
-    _check_kind(kind)
+    if kind is not None and kind not in MODEL_CLASSES:
+        raise ValueError(f"kind must be None, 'masked', 'causal' or 'sequence-classification', got {kind!r}")
     # An unreachable hub makes huggingface_hub retry for tens of seconds per file: when the
     # hub cannot be reached, look in the local cache only and fail fast.
     cache_only = {} if Path(name_or_path).is_dir() or hub_available() else {"local_files_only": True}
     try:
-        config = AutoConfig.from_pretrained(name_or_path, **cache_only)
-        auto = AutoModelForMaskedLM if (kind or model_kind(config)) == "masked" else AutoModelForCausalLM
+        auto = MODEL_CLASSES[kind or model_kind(AutoConfig.from_pretrained(name_or_path, **cache_only))]
         model = auto.from_pretrained(name_or_path, **cache_only, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **cache_only)
     except (OSError, EntryNotFoundError) as error:
@@ -627,6 +642,71 @@ def pseudo_perplexity(
 
 
 # ---------------------------------------------------------------------------
+# Accuracy
+
+
+def accuracy(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    labels: Sequence[int] | torch.Tensor,
+    *,
+    batch_size: int = 32,
+    max_length: int = 128,
+    progress: bool = True,
+) -> float:
+    """Classification accuracy: the fraction of texts whose highest logit is at their label.
+
+    Each text is tokenized once, truncated to `max_length` tokens (special tokens included)
+    and right-padded; texts are batched by length and each batch is cut to its longest text
+    (dynamic padding), as in `perplexity`. No token_type_ids are passed: single texts need
+    none, and DistilBERT-style models accept none. The model runs in eval and inference mode
+    on its own device.
+
+    Args:
+        model: a sequence classifier whose output has `.logits` of shape (B, num_labels),
+            e.g. from `load_model(..., kind="sequence-classification")`.
+        tokenizer: its tokenizer.
+        texts: N texts.
+        labels: N class indices: ints, or an integer tensor of shape (N,).
+        batch_size: texts per forward pass.
+        max_length: tokens per text.
+        progress: show a tqdm bar.
+
+    Returns:
+        (number of texts whose argmax of the logits equals the label) / N, in [0, 1]; a tie
+        between logits goes to the lowest class index (torch.argmax).
+    """
+    texts = _check_texts(texts)
+    labels = torch.as_tensor(labels, device="cpu")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (len(texts),):
+        raise ValueError(f"labels must hold one class index per text ({len(texts)}), got shape "
+                         f"{tuple(labels.shape)}")
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("max_length", max_length)
+    if max_length <= tokenizer.num_special_tokens_to_add():
+        raise ValueError(f"max_length={max_length} leaves no room for tokens besides the special tokens")
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, padding_side="right",
+                        return_tensors="pt", return_token_type_ids=False)
+    lengths = encoded["attention_mask"].sum(dim=1)
+    device = _device(model)
+    correct = 0
+    with _evaluating(model), tqdm(total=len(texts), desc="accuracy", unit="text", disable=not progress) as bar:
+        for rows in _batches(lengths, batch_size):
+            width = int(lengths[rows].max())
+            logits = model(input_ids=encoded["input_ids"][rows, :width].to(device),
+                           attention_mask=encoded["attention_mask"][rows, :width].to(device)).logits
+            if logits.dim() != 2:
+                raise ValueError(f"expected logits of shape (batch, num_labels) from a sequence classifier, got "
+                                 f"{tuple(logits.shape)}")
+            correct += int((logits.argmax(dim=-1).cpu() == labels[rows]).sum())
+            bar.update(len(rows))
+    return correct / len(texts)
+
+
+# ---------------------------------------------------------------------------
 # Size
 
 
@@ -659,16 +739,52 @@ def _quant_state_tensors(param: torch.Tensor) -> Iterator[torch.Tensor]:
         yield scale
 
 
+def _packed_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weights and biases of PyTorch's quantized Linear layers, as they are stored.
+
+    torch.ao.nn.quantized.dynamic.Linear (from `quantize_dynamic`) and the static
+    torch.ao.nn.quantized.Linear keep their weight and bias in a LinearPackedParams
+    submodule, inside a C++ object that is neither a parameter nor a buffer. Its
+    `_weight_bias()` unpacks them: a qint8 weight (a quantized tensor, see `_tensor_bytes`)
+    and a float32 bias or None; for dtype=torch.float16 a float32 copy of the float16
+    weight, converted back to float16 here to count the bytes stored.
+    """
+    tensors = []
+    for module in model.modules():
+        if isinstance(module, LinearPackedParams):
+            weight, bias = module._weight_bias()
+            tensors += [weight.half() if module.dtype == torch.float16 else weight] + ([] if bias is None else [bias])
+    return tensors
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    """numel * element_size, plus for a quantized tensor the quantization parameters its quantizer
+    stores: one float64 scale and one int64 zero point (16 bytes) for a per-tensor scheme, the
+    per-channel scale and zero-point tensors (float64 and int64 from quantize_per_channel: 16
+    bytes per channel) for a per-channel scheme."""
+    size = tensor.numel() * tensor.element_size()
+    if not tensor.is_quantized:
+        return size
+    if tensor.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return size + 8 + 8
+    scales, zero_points = tensor.q_per_channel_scales(), tensor.q_per_channel_zero_points()
+    return size + scales.numel() * scales.element_size() + zero_points.numel() * zero_points.element_size()
+
+
 def model_size_mb(model: nn.Module | Mapping[str, object], *, include_quant_state: bool = True) -> float:
-    """Memory the weights occupy: numel * element_size summed over distinct tensors, in MB (2**20 B).
+    """Memory the weights occupy: the bytes of the distinct tensors (`_tensor_bytes`), in MB (2**20 B).
 
     Parameters and buffers are counted once each even when tied or shared (a tensor that
     is the same view of the same memory counts once), and packed storage counts as stored
-    (a 4-bit bitsandbytes weight is a uint8 tensor of half its element count). With
-    `include_quant_state`, the quantization statistics that bitsandbytes keeps outside
-    parameters and buffers are added (see `_quant_state_tensors`); without it the result is
-    exactly `model.get_memory_footprint() / 2**20` of transformers, which omits them (and so
-    cannot tell nf4 from nf4 with double quantization).
+    (a 4-bit bitsandbytes weight is a uint8 tensor of half its element count). The weights
+    and biases that PyTorch's quantized Linear layers (`quantize_dynamic`, static
+    quantization) keep outside parameters and buffers are added (see `_packed_weights`): an
+    int8 weight as one byte per element plus its scale and zero point, the bias in float32.
+    With `include_quant_state`, the quantization statistics that bitsandbytes keeps outside
+    parameters and buffers are added too (see `_quant_state_tensors`); without it, for a
+    model without PyTorch quantized layers, the result is exactly
+    `model.get_memory_footprint() / 2**20` of transformers, which omits them (and so cannot
+    tell nf4 from nf4 with double quantization).
 
     Args:
         model: a module, or a flat state dict (non-tensor values are ignored).
@@ -679,7 +795,7 @@ def model_size_mb(model: nn.Module | Mapping[str, object], *, include_quant_stat
     """
     if isinstance(model, nn.Module):
         params = list(model.parameters())
-        tensors = params + list(model.buffers())
+        tensors = params + list(model.buffers()) + _packed_weights(model)
         if include_quant_state:
             tensors += [t for p in params for t in _quant_state_tensors(p)]
     elif isinstance(model, Mapping):
@@ -687,7 +803,28 @@ def model_size_mb(model: nn.Module | Mapping[str, object], *, include_quant_stat
     else:
         raise TypeError(f"expected an nn.Module or a state dict, got {type(model).__name__}")
     unique = {_view_key(t): t for t in tensors}
-    return sum(t.numel() * t.element_size() for t in unique.values()) / MB
+    return sum(_tensor_bytes(t) for t in unique.values()) / MB
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of weights, whatever their storage.
+
+    Parameters count once even when tied or shared (as in `model_size_mb`), the weights and
+    biases packed inside PyTorch's quantized Linear layers count as parameters (see
+    `_packed_weights`), and a 4-bit bitsandbytes weight counts the elements of its original
+    shape (`quant_state.shape`), not of its packed uint8 storage. Buffers are not counted.
+
+    Args:
+        model: a module.
+
+    Returns:
+        The number of weights: the same before and after quantization.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    unique = {_view_key(t): t for t in list(model.parameters()) + _packed_weights(model)}
+    return sum(t.quant_state.shape.numel() if getattr(t, "quant_state", None) is not None else t.numel()
+               for t in unique.values())
 
 
 def _for_safetensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -830,6 +967,8 @@ def compare(
     *,
     baseline: str | None = None,
     latency_inputs: Mapping[str, torch.Tensor] | torch.Tensor | None = None,
+    metric: Callable[[nn.Module], float] | None = None,
+    metric_name: str = "perplexity",
     kind: str | None = None,
     batch_size: int = 16,
     max_length: int = 128,
@@ -849,14 +988,22 @@ def compare(
         baseline: the name the ratios refer to (default: the first variant).
         latency_inputs: the batch to time (default: `latency_batch(tokenizer, texts,
             batch_size=batch_size, max_length=max_length)`).
-        kind, batch_size, max_length, mask_prob, seed, progress: passed to `perplexity`.
+        metric: the quality measure, called once per variant as `metric(model)` (e.g.
+            `lambda model: accuracy(model, tokenizer, texts, labels)`); None: `perplexity`.
+        metric_name: the column of the metric's value (and of its ratio,
+            `{metric_name}_ratio`); it must name no other column, and without a `metric` it
+            must be "perplexity".
+        kind, batch_size, max_length, mask_prob, seed, progress: passed to `perplexity`
+            (unused with a `metric`, except batch_size and max_length for the default
+            latency batch).
         runs, warmup, num_threads: passed to `measure_latency`.
 
     Returns:
         One dict per variant, in order: name, size_mb (`model_size_mb`), serialized_mb
-        (`serialized_size_mb`), perplexity, latency_median_ms, latency_p90_ms, size_ratio
-        (size / baseline size), speedup (baseline median latency / median latency) and
-        perplexity_ratio (perplexity / baseline perplexity).
+        (`serialized_size_mb`), the metric (key `metric_name`, "perplexity" by default),
+        latency_median_ms, latency_p90_ms, size_ratio (size / baseline size), speedup
+        (baseline median latency / median latency) and `{metric_name}_ratio` (value /
+        baseline value; NaN when the baseline value is 0).
     """
     if not isinstance(variants, Mapping) or not variants:
         raise ValueError("variants must be a non-empty mapping of name -> model")
@@ -866,6 +1013,17 @@ def compare(
     baseline = next(iter(variants)) if baseline is None else baseline
     if baseline not in variants:
         raise ValueError(f"baseline {baseline!r} is not one of the variants {list(variants)}")
+    if metric is None:
+        if metric_name != "perplexity":
+            raise ValueError(f"metric_name={metric_name!r} needs a metric; without one the column is 'perplexity'")
+        metric = functools.partial(perplexity, tokenizer=tokenizer, texts=texts, batch_size=batch_size,
+                                   max_length=max_length, mask_prob=mask_prob, seed=seed, progress=progress,
+                                   kind=kind)
+    elif not callable(metric):
+        raise TypeError(f"metric must be a callable model -> float, got {type(metric).__name__}")
+    if not isinstance(metric_name, str) or not metric_name or {metric_name, f"{metric_name}_ratio"} & set(COLUMNS):
+        raise ValueError(f"metric_name must be a non-empty str that names no other column {COLUMNS}, got "
+                         f"{metric_name!r}")
     if latency_inputs is None:
         latency_inputs = latency_batch(tokenizer, texts, batch_size=batch_size, max_length=max_length)
     rows = []
@@ -875,8 +1033,7 @@ def compare(
             "name": name,
             "size_mb": model_size_mb(model),
             "serialized_mb": serialized_size_mb(model),
-            "perplexity": perplexity(model, tokenizer, texts, batch_size=batch_size, max_length=max_length,
-                                     mask_prob=mask_prob, seed=seed, progress=progress, kind=kind),
+            metric_name: float(metric(model)),
             "latency_median_ms": latency["median_ms"],
             "latency_p90_ms": latency["p90_ms"],
         })
@@ -884,7 +1041,7 @@ def compare(
     for row in rows:
         row["size_ratio"] = row["size_mb"] / base["size_mb"]
         row["speedup"] = base["latency_median_ms"] / row["latency_median_ms"]
-        row["perplexity_ratio"] = row["perplexity"] / base["perplexity"]
+        row[f"{metric_name}_ratio"] = row[metric_name] / base[metric_name] if base[metric_name] else math.nan
     return rows
 
 
@@ -910,42 +1067,58 @@ def save_rows(rows: Sequence[Mapping[str, object]], path: str | Path) -> Path:
     return path
 
 
-def plot_comparison(rows: Sequence[Mapping[str, object]], path: str | Path | None = None) -> Figure:
-    """Size against perplexity (one marker per row, with a legend) and median latency bars (p90 whiskers).
+def plot_comparison(
+    rows: Sequence[Mapping[str, object]],
+    path: str | Path | None = None,
+    *,
+    metric: str = "perplexity",
+    higher_is_better: bool | None = None,
+) -> Figure:
+    """Size against a quality metric (one marker per row, with a legend) and median latency bars (p90 whiskers).
 
     Each row keeps one colour in both panels (and one marker). Rows lacking a value (None or
-    absent) are left out of that panel. The perplexity axis is logarithmic when the values
-    span more than a factor of 10. The figure is built without pyplot, so it works under
-    any backend (Agg included) and is shown once in a notebook when it is the cell's value.
+    absent) are left out of that panel. The metric axis is logarithmic when its values are
+    positive and span more than a factor of 10. The figure is built without pyplot, so it
+    works under any backend (Agg included) and is shown once in a notebook when it is the
+    cell's value.
 
     Args:
-        rows: dicts with name and size_mb, perplexity, latency_median_ms, latency_p90_ms.
+        rows: dicts with name and size_mb, the metric, latency_median_ms, latency_p90_ms (as
+            from `compare`).
         path: if given, the figure is also saved there (format from the suffix, 150 dpi).
+        metric: the key of the metric in the rows: the y axis of the size panel.
+        higher_is_better: said in the y label; None looks the metric up in
+            HIGHER_IS_BETTER (perplexity: lower, accuracy: higher).
 
     Returns:
         The matplotlib Figure.
     """
     if not rows:
         raise ValueError("rows is empty")
+    if higher_is_better is None:
+        if metric not in HIGHER_IS_BETTER:
+            raise ValueError(f"cannot tell whether a higher {metric!r} is better: pass higher_is_better")
+        higher_is_better = HIGHER_IS_BETTER[metric]
     names = [str(row["name"]) for row in rows]
     colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
     marker = {name: "osD^vPX*"[i % 8] for i, name in enumerate(names)}  # (colour, marker) unique for 40 rows
     figure = Figure(figsize=(13, 5), layout="constrained")
     size_axes, latency_axes = figure.subplots(1, 2, width_ratios=[1.3, 1])
 
-    points = [r for r in rows if r.get("size_mb") is not None and r.get("perplexity") is not None]
+    points = [r for r in rows if r.get("size_mb") is not None and r.get(metric) is not None]
     for row in points:
         name = str(row["name"])
-        size_axes.scatter(row["size_mb"], row["perplexity"], s=50, color=colour[name], marker=marker[name],
+        size_axes.scatter(row["size_mb"], row[metric], s=50, color=colour[name], marker=marker[name],
                           label=name, zorder=3)
-    perplexities = [r["perplexity"] for r in points]
-    if perplexities and max(perplexities) > 10 * min(perplexities):
+    values = [r[metric] for r in points]
+    if values and min(values) > 0 and max(values) > 10 * min(values):
         size_axes.set_yscale("log")
         size_axes.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
         size_axes.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         size_axes.yaxis.set_minor_formatter(ticker.NullFormatter())
-    size_axes.set(xlabel="size in memory (MB)", ylabel="perplexity (lower is better)",
-                  title="Size against perplexity")
+    size_axes.set(xlabel="size in memory (MB)",
+                  ylabel=f"{metric} ({'higher' if higher_is_better else 'lower'} is better)",
+                  title=f"Size against {metric}")
     size_axes.grid(True, alpha=0.3)
     if points:
         size_axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)

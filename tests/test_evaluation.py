@@ -6,13 +6,15 @@ import copy
 import csv
 import io
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertForMaskedLM, BitsAndBytesConfig, LlamaForCausalLM
+from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification, BitsAndBytesConfig,
+                          LlamaForCausalLM)
 
 import evaluation as ev
 
@@ -276,6 +278,82 @@ def test_pseudo_perplexity_by_hand_perfect_and_uniform(bert, tokenizer, texts):
 
 
 # ---------------------------------------------------------------------------
+# accuracy
+
+
+class LengthClassifier(nn.Module):
+    """Predicts class (number of real tokens) % num_classes; records what every forward pass saw."""
+
+    def __init__(self, num_classes, zero=False):
+        super().__init__()
+        self.num_classes, self.zero, self.calls = num_classes, zero, []
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, input_ids, attention_mask):
+        self.calls.append(SimpleNamespace(width=input_ids.shape[1], last_column_used=bool(attention_mask[:, -1].any()),
+                                          inference=torch.is_inference_mode_enabled(), training=self.training))
+        logits = F.one_hot(attention_mask.sum(dim=1) % self.num_classes, self.num_classes).float()
+        return SimpleNamespace(logits=self.scale * logits * (not self.zero))
+
+
+# "the" is one token: the k-th text has k + 2 tokens with [CLS] and [SEP], at most 8 after truncation.
+SENTENCES = [" ".join(["the"] * k) for k in range(1, 11)]  # 3, 4, 5, 6, 7, 8, 8, 8, 8, 8 tokens
+# predicted 3, 0, 1, 2, 3, 0, 0, 0, 0, 0 (length % 4); right at 0, 2, 3, 5, 6, 8, 9
+SENTENCE_LABELS = [3, 1, 1, 2, 0, 0, 0, 3, 0, 0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_accuracy_of_a_known_classifier_is_exact(tokenizer, batch_size):
+    model = LengthClassifier(4).train()
+    assert ev.accuracy(model, tokenizer, SENTENCES, SENTENCE_LABELS, batch_size=batch_size, max_length=8,
+                       progress=False) == 7 / 10
+    assert model.training  # restored
+    assert all(call.inference and not call.training for call in model.calls)
+    # dynamic padding: every batch is cut to its longest text, never wider than max_length
+    assert len(model.calls) == math.ceil(10 / batch_size)
+    assert all(call.last_column_used and call.width <= 8 for call in model.calls)
+    labels = torch.tensor(SENTENCE_LABELS)
+    assert ev.accuracy(model, tokenizer, SENTENCES, labels, batch_size=batch_size, max_length=8,
+                       progress=False) == 7 / 10
+    # all logits equal: argmax is class 0, right for the 5 texts labelled 0
+    assert ev.accuracy(LengthClassifier(4, zero=True), tokenizer, SENTENCES, labels, batch_size=batch_size,
+                       max_length=8, progress=False) == 5 / 10
+
+
+def test_accuracy_of_a_bert_classifier_matches_one_text_at_a_time(tokenizer, texts):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, num_labels=3)).eval()
+    with torch.inference_mode():  # unpadded, one by one, truncated to 32 tokens
+        predicted = [int(model(**tokenizer(text, truncation=True, max_length=32, return_tensors="pt")).logits.argmax())
+                     for text in texts]
+    labels = [p if i % 2 else (p + 1) % 3 for i, p in enumerate(predicted)]  # right on the odd-numbered texts
+    assert ev.accuracy(model, tokenizer, texts, labels, batch_size=4, max_length=32, progress=False) == (
+        len(texts) // 2) / len(texts)
+
+
+def test_accuracy_validates_its_arguments(tokenizer, bert):
+    model = LengthClassifier(4)
+    for labels, error, message in [
+        ([0.0] * 10, TypeError, "labels must be integer class indices, got dtype torch.float32"),
+        ([True] * 10, TypeError, "labels must be integer class indices, got dtype torch.bool"),
+        ([0] * 9, ValueError, r"labels must hold one class index per text \(10\), got shape \(9,\)"),
+    ]:
+        with pytest.raises(error, match=message):
+            ev.accuracy(model, tokenizer, SENTENCES, labels)
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        ev.accuracy(model, tokenizer, SENTENCES, SENTENCE_LABELS, batch_size=0)
+    with pytest.raises(ValueError, match="max_length=2 leaves no room"):
+        ev.accuracy(model, tokenizer, SENTENCES, SENTENCE_LABELS, max_length=2)
+    with pytest.raises(TypeError, match="texts must be a sequence of strings"):
+        ev.accuracy(model, tokenizer, "the the", [0])
+    with pytest.raises(ValueError, match=r"expected logits of shape \(batch, num_labels\) from a sequence classifier, "
+                                         r"got \(10, 12, 1024\)"):
+        ev.accuracy(bert, tokenizer, SENTENCES, SENTENCE_LABELS, progress=False)  # a masked LM, not a classifier
+
+
+# ---------------------------------------------------------------------------
 # size
 
 
@@ -302,6 +380,52 @@ def test_tied_and_shared_tensors_are_counted_once():
     buffers = list(bert.buffers())
     expected = sum(p.numel() * 4 for p in params) + sum(b.numel() * b.element_size() for b in buffers)
     assert ev.model_size_mb(bert) * MB == expected == bert.get_memory_footprint()
+
+
+def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8):
+    """torch.ao.quantization.quantize_dynamic without its deprecation warnings (torch 2.13)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_(tensor|channel)", category=UserWarning)
+        return torch.ao.quantization.quantize_dynamic(model, qconfig_spec or {nn.Linear}, dtype=dtype)
+
+
+def test_size_of_pytorch_quantized_linear_layers_counts_their_packed_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.LayerNorm(8), nn.Linear(8, 4, bias=False))
+    float_bytes = (16 * 8 + 8 + 8 * 4) * 4 + 2 * 8 * 4  # two Linear layers, LayerNorm weight and bias
+    assert ev.model_size_mb(model) * MB == float_bytes
+    layer_norm = 2 * 8 * 4  # not quantized: float32
+    int8_weights = 16 * 8 + 8 * 4  # one byte per weight
+    biases = 8 * 4  # float32; the second layer has none
+    # per-tensor: one float64 scale and one int64 zero point per weight
+    dynamic = quantize_dynamic(copy.deepcopy(model))
+    assert ev.model_size_mb(dynamic) * MB == int8_weights + 2 * 16 + biases + layer_norm < float_bytes
+    assert ev.model_size_mb(model) * MB == float_bytes  # the float model is left as it was
+    # per-channel: a float64 scale and an int64 zero point per output row (8 + 4 rows)
+    per_channel = quantize_dynamic(copy.deepcopy(model), {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig})
+    assert ev.model_size_mb(per_channel) * MB == int8_weights + (8 + 4) * 16 + biases + layer_norm
+    # float16: two bytes per weight, no quantization parameters
+    half = quantize_dynamic(copy.deepcopy(model), dtype=torch.float16)
+    assert ev.model_size_mb(half) * MB == int8_weights * 2 + biases + layer_norm
+    static = torch.ao.nn.quantized.Linear(4, 3)  # static quantization keeps them in the same packed form
+    assert ev.model_size_mb(static) * MB == 4 * 3 + 16 + 3 * 4
+
+
+def test_parameter_count_counts_every_weight_once_whatever_its_storage():
+    model = nn.Sequential(nn.Linear(16, 8), nn.LayerNorm(8), nn.Linear(8, 4, bias=False), nn.BatchNorm1d(4))
+    expected = 16 * 8 + 8 + 2 * 8 + 8 * 4 + 2 * 4  # BatchNorm's running statistics are buffers, not weights
+    assert ev.parameter_count(model) == expected
+    assert ev.parameter_count(quantize_dynamic(copy.deepcopy(model))) == expected
+    assert ev.parameter_count(quantize_dynamic(copy.deepcopy(model), dtype=torch.float16)) == expected
+    shared = nn.Sequential(nn.Linear(10, 10, bias=False), nn.Linear(10, 10, bias=False))
+    shared[1].weight = nn.Parameter(shared[0].weight.data)  # another Parameter on the same memory
+    assert ev.parameter_count(shared) == 100
+    bert = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=16, max_position_embeddings=16))
+    assert ev.parameter_count(bert) == bert.num_parameters() == sum(p.numel() for p in bert.parameters())
+    with pytest.raises(TypeError, match="expected an nn.Module, got OrderedDict"):
+        ev.parameter_count(bert.state_dict())
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +475,7 @@ def test_quantized_models_are_smaller_and_scored_like_the_original(tiny_bert_dir
     int8, _ = ev.load_model(tiny_bert_dir, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
     nf4, _ = ev.load_model(tiny_bert_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True))
     assert ev.model_size_mb(nf4) < ev.model_size_mb(int8) < ev.model_size_mb(fp32)
+    assert ev.parameter_count(nf4) == ev.parameter_count(int8) == ev.parameter_count(fp32)  # original shapes
     assert ev.serialized_size_mb(nf4) < ev.serialized_size_mb(int8) < ev.serialized_size_mb(fp32)
     # a random model is near uniform (perplexity ~ vocab size); quantization noise moves it by a few percent
     reference = ev.perplexity(fp32, tokenizer, texts, progress=False)
@@ -425,7 +550,11 @@ def test_load_model_offline_raises_a_clear_error():
     for option in ("hf download", "save_pretrained", "HF_HOME", "tiny_model"):
         assert option in message
     assert info.value.__cause__ is None and info.value.__suppress_context__  # no library stack trace
-    with pytest.raises(ValueError, match="kind must be None, 'masked' or 'causal'"):
+    with pytest.raises(ev.ModelNotAvailableError, match="nobody-lab/definitely-not-a-model") as info:
+        ev.load_model("nobody-lab/definitely-not-a-model", kind="sequence-classification", num_labels=3)
+    assert "tiny_model" in str(info.value) and info.value.__cause__ is None
+    with pytest.raises(ValueError, match="kind must be None, 'masked', 'causal' or 'sequence-classification', "
+                                         "got 'encoder'"):
         ev.load_model("nobody-lab/definitely-not-a-model", kind="encoder")
 
 
@@ -436,6 +565,14 @@ def test_load_model_from_a_local_directory_detects_the_kind(tmp_path, tiny_bert_
     llama.save_pretrained(tmp_path)
     ev.tiny_tokenizer().save_pretrained(tmp_path)
     assert type(ev.load_model(tmp_path)[0]) is LlamaForCausalLM
+    labels = ["no", "yes", "maybe"]
+    classifier, tokenizer = ev.load_model(tiny_bert_dir, kind="sequence-classification", num_labels=3,
+                                          id2label=dict(enumerate(labels)))
+    assert type(classifier) is BertForSequenceClassification and not classifier.training
+    masked, _ = ev.load_model(tiny_bert_dir)  # the encoder's weights are the checkpoint's, the head is new
+    assert torch.equal(classifier.bert.embeddings.word_embeddings.weight, masked.bert.embeddings.word_embeddings.weight)
+    assert classifier.classifier.out_features == 3 and classifier.config.id2label == {0: "no", 1: "yes", 2: "maybe"}
+    assert len(tokenizer) == 1024
 
 
 def test_model_kind():
@@ -520,6 +657,8 @@ def test_compare_save_and_plot(bert, tokenizer, texts, tmp_path):
     rows = ev.compare({"fp32": bert, "fp16": half}, tokenizer, texts, runs=2, warmup=0, batch_size=4,
                       max_length=32, progress=False)
     assert [row["name"] for row in rows] == ["fp32", "fp16"]
+    assert list(rows[0]) == ["name", "size_mb", "serialized_mb", "perplexity", "latency_median_ms", "latency_p90_ms",
+                             "size_ratio", "speedup", "perplexity_ratio"]
     base, other = rows
     assert base["size_ratio"] == base["speedup"] == base["perplexity_ratio"] == 1.0
     assert other["size_mb"] == ev.model_size_mb(half) and other["serialized_mb"] == ev.serialized_size_mb(half)
@@ -539,6 +678,7 @@ def test_compare_save_and_plot(bert, tokenizer, texts, tmp_path):
     assert (tmp_path / "comparison.png").stat().st_size > 0
     scatter, bars = figure.axes
     assert [t.get_text() for t in scatter.get_legend().get_texts()] == ["fp32", "fp16"]
+    assert scatter.get_ylabel() == "perplexity (lower is better)" and scatter.get_title() == "Size against perplexity"
     assert [t.get_text() for t in bars.get_yticklabels()] == ["fp32", "fp16"]
 
     with pytest.raises(ValueError, match="baseline 'int8' is not one of the variants"):
@@ -547,3 +687,54 @@ def test_compare_save_and_plot(bert, tokenizer, texts, tmp_path):
         ev.compare({"x": {}}, tokenizer, texts)
     with pytest.raises(ValueError, match="non-empty mapping"):
         ev.compare({}, tokenizer, texts)
+
+
+def test_compare_with_another_metric(bert, tokenizer, texts):
+    half = copy.deepcopy(bert).half()
+    scores = {id(bert): 0.8, id(half): 0.6}
+    batch = ev.latency_batch(tokenizer, texts, batch_size=2, max_length=16)
+    rows = ev.compare({"fp32": bert, "fp16": half}, tokenizer, texts, latency_inputs=batch, runs=2, warmup=0,
+                      metric=lambda model: scores[id(model)], metric_name="accuracy")
+    assert list(rows[0]) == ["name", "size_mb", "serialized_mb", "accuracy", "latency_median_ms", "latency_p90_ms",
+                             "size_ratio", "speedup", "accuracy_ratio"]
+    assert [(row["accuracy"], row["accuracy_ratio"]) for row in rows] == [(0.8, 1.0), (0.6, 0.6 / 0.8)]
+    assert rows[1]["size_mb"] == ev.model_size_mb(half) and rows[1]["size_ratio"] < 0.6
+    rows = ev.compare({"fp32": bert, "fp16": half}, tokenizer, texts, latency_inputs=batch, runs=2, warmup=0,
+                      baseline="fp16", metric=lambda model: 0.0 if model is half else 0.5, metric_name="accuracy")
+    assert math.isnan(rows[0]["accuracy_ratio"]) and math.isnan(rows[1]["accuracy_ratio"])  # baseline value 0
+
+    for kwargs, error, message in [
+        ({"metric_name": "accuracy"}, ValueError, "metric_name='accuracy' needs a metric"),
+        ({"metric": 0.5, "metric_name": "accuracy"}, TypeError, "metric must be a callable model -> float, got float"),
+        ({"metric": len, "metric_name": "speedup"}, ValueError, "metric_name must be a non-empty str that names no "
+                                                                "other column"),
+        ({"metric": len, "metric_name": "size"}, ValueError, "names no other column .* got 'size'"),  # size_ratio
+        ({"metric": len, "metric_name": ""}, ValueError, "metric_name must be a non-empty str"),
+    ]:
+        with pytest.raises(error, match=message):
+            ev.compare({"fp32": bert}, tokenizer, texts, latency_inputs=batch, **kwargs)
+
+
+def test_plot_comparison_of_another_metric():
+    rows = [{"name": "teacher", "size_mb": 4.0, "accuracy": 0.9, "latency_median_ms": 2.0, "latency_p90_ms": 3.0},
+            {"name": "student", "size_mb": 2.0, "accuracy": 0.05, "latency_median_ms": 1.0, "latency_p90_ms": 1.5},
+            {"name": "broken", "size_mb": 1.0, "accuracy": 0.0, "latency_median_ms": None}]
+    scatter, bars = ev.plot_comparison(rows, metric="accuracy").axes
+    assert scatter.get_ylabel() == "accuracy (higher is better)" and scatter.get_title() == "Size against accuracy"
+    assert scatter.get_yscale() == "linear"  # a zero cannot go on a log axis, even though 0.9 > 10 * 0.05
+    assert [tuple(c.get_offsets()[0]) for c in scatter.collections] == [(4.0, 0.9), (2.0, 0.05), (1.0, 0.0)]
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["teacher", "student"]
+    scatter, _ = ev.plot_comparison(rows[:2], metric="accuracy").axes
+    assert scatter.get_yscale() == "log"  # positive values spanning more than 10x
+    scatter, _ = ev.plot_comparison(rows[:1] * 2, metric="accuracy").axes
+    assert scatter.get_yscale() == "linear"
+    for row in rows:
+        row["f1"] = row["accuracy"]
+    assert ev.plot_comparison(rows, metric="f1", higher_is_better=True).axes[0].get_ylabel() == "f1 (higher is better)"
+    assert ev.plot_comparison(rows, metric="f1", higher_is_better=False).axes[0].get_ylabel() == "f1 (lower is better)"
+    with pytest.raises(ValueError, match="cannot tell whether a higher 'f1' is better: pass higher_is_better"):
+        ev.plot_comparison(rows, metric="f1")
+    perplexity_rows = [{"name": "a", "size_mb": 1.0, "perplexity": 10.0},
+                       {"name": "b", "size_mb": 1.0, "perplexity": 101.0}]
+    assert ev.plot_comparison(perplexity_rows).axes[0].get_yscale() == "log"
+    assert ev.plot_comparison(perplexity_rows[:1]).axes[0].get_yscale() == "linear"
