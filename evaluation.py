@@ -798,6 +798,10 @@ def model_size_mb(model: nn.Module | Mapping[str, object], *, include_quant_stat
         tensors = params + list(model.buffers()) + _packed_weights(model)
         if include_quant_state:
             tensors += [t for p in params for t in _quant_state_tensors(p)]
+            # After its first forward, bitsandbytes' Linear8bitLt moves the int8 row scales
+            # from weight.SCB to module.state.SCB.
+            tensors += [m.state.SCB for m in model.modules()
+                        if isinstance(getattr(getattr(m, "state", None), "SCB", None), torch.Tensor)]
     elif isinstance(model, Mapping):
         tensors = [t for t in model.values() if isinstance(t, torch.Tensor)]
     else:

@@ -468,6 +468,10 @@ def test_size_of_bitsandbytes_models_agrees_with_get_memory_footprint(tiny_bert_
                 extra += blocks + 16 * 4 + math.ceil(blocks / 256) * 4 + 256 * 4 + 4
     assert len(layers) == 2 * 6 + 1  # q, k, v, attention output, intermediate, output per layer; head transform
     assert ev.model_size_mb(model) * MB == model.get_memory_footprint() + extra
+    # A forward pass moves LLM.int8's row scales into the layer's state: the size must not change.
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([[2, 7, 9, 3]]))
+    assert ev.model_size_mb(model) * MB == model.get_memory_footprint() + extra
 
 
 def test_quantized_models_are_smaller_and_scored_like_the_original(tiny_bert_dir, texts):

@@ -194,6 +194,17 @@ def test_absmax_quantize_matches_quantized_vector_row_by_row():
     assert absmax.shape == (6, 1)
 
 
+def test_absmax_quantize_scale_is_rounded_like_quantized_vector():
+    # 0.0101625... * alpha lies within an ulp of 0.5: a scale computed as 127 * (1 / absmax)
+    # instead of 127 / absmax rounds it to 0 instead of 1.
+    x = torch.tensor([2.5812828540802, 0.010162531398236752])
+    assert QuantizedVector(x, "int8").quantized_vector.tolist() == [127, 1]
+    assert absmax_quantize(x[None], dim=1)[0].tolist() == [[127, 1]]
+    rows = torch.randn(2000, 16, generator=torch.Generator().manual_seed(5))
+    codes, _ = absmax_quantize(rows, dim=1)
+    assert torch.equal(codes, torch.stack([QuantizedVector(row, "int8").quantized_vector for row in rows]))
+
+
 # ---------------------------------------------------------------------------
 # Exercise 2: absmax_quantize and mixed_precision_forward
 # ---------------------------------------------------------------------------
