@@ -1,0 +1,62 @@
+"""Run every benchmark script (what `make bench` does) and collect their markdown in results/bench_all.md.
+
+Each script runs in its own process, so one's memory and allocator state do not touch the
+next one's timings, and a failing script does not stop the others (the exit status is then 1).
+Options are passed through to every script: --quick, --device, --threads, --out.
+
+Run: `python benchmarks/run_all.py [--quick] [--device cpu|cuda] [--threads N] [--out DIR]`.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lab modules and `benchmarks` live there
+
+from benchmarks.common import RESULTS
+
+SCRIPTS = ("kernel", "models", "evaluation_throughput")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fast sanity pass of every script")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=SCRIPTS, help="run these scripts only")
+    args = parser.parse_args(argv)
+
+    passed = ["--device", args.device, "--out", str(args.out)] + (["--quick"] if args.quick else [])
+    if args.threads is not None:
+        passed += ["--threads", str(args.threads)]
+    folder = Path(__file__).resolve().parent
+    failed, sections, start = [], [], time.perf_counter()
+    for script in args.only:
+        began = time.perf_counter()
+        print(f"\n=== benchmarks/{script}.py {' '.join(passed)}", flush=True)
+        status = subprocess.run([sys.executable, str(folder / f"{script}.py"), *passed]).returncode
+        elapsed = time.perf_counter() - began
+        print(f"=== {script}: {'ok' if status == 0 else f'FAILED (exit {status})'} in {elapsed:.0f} s", flush=True)
+        markdown = args.out / f"bench_{script}.md"
+        if status == 0 and markdown.exists():
+            sections.append(markdown.read_text())
+        else:
+            failed.append(script)
+    total = time.perf_counter() - start
+    summary = f"make bench: {len(args.only) - len(failed)}/{len(args.only)} scripts ok in {total:.0f} s"
+    if failed:
+        summary += f"; failed: {', '.join(failed)}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_all.md").write_text("\n\n".join(sections) + f"\n\n{summary}\n")
+    print(f"\n{summary}; tables in {args.out}/bench_*.md and .csv")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
