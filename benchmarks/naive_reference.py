@@ -4,7 +4,7 @@ One `QuantizedVector` per input row and per weight column, built in Python loops
 int32 dot product per output element. It computes the same thing as
 `quantization.mixed_precision_forward` (outlier columns with fp16-rounded operands and fp32
 accumulation, the rest int8 absmax with int32 accumulation, dequantized by `cx * cw / 127**2`),
-so the two agree up to float32 rounding (and rare codes one apart, see the kernel table notes);
+with the same int8 codes, so the two agree up to float32 rounding;
 the benchmark shows what vectorisation alone buys.
 It is a benchmark baseline, not library code: do not import it elsewhere.
 """

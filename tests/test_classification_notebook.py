@@ -18,28 +18,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_source import LAB_MODULES, code_sources, public_names
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "distillation_classification.ipynb"
 RUNNER = ROOT / "tools" / "run_notebook.py"
-LAB_MODULES = ("quantization", "pruning", "distillation", "evaluation")
 
 ROWS = ("teacher", "student (undistilled)", "student (fine-tuned)", "student (distilled)",
         "student (distilled, int8)")
 POSITIVE = ("parameters", "size_mb", "serialized_mb", "latency_median_ms", "latency_p90_ms", "size_ratio", "speedup")
 SMOKE_INTENTS = 6  # the synthetic task's label count: chance accuracy is 1/6
-
-
-def code_sources() -> list[str]:
-    return [cell.source for cell in nbformat.read(NOTEBOOK, as_version=4).cells if cell.cell_type == "code"]
-
-
-def public_names(module: str) -> set[str]:
-    """Top-level public functions and classes of a lab module, read from its source."""
-    tree = ast.parse((ROOT / f"{module}.py").read_text(encoding="utf-8"))
-    return {node.name for node in tree.body
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-            and not node.name.startswith("_")}
 
 
 # ---------------------------------------------------------------------------
@@ -67,7 +55,7 @@ def test_notebook_is_stored_without_outputs():
 def test_notebook_calls_the_lab_modules_and_redefines_none_of_their_names():
     lab = {name: module for module in LAB_MODULES for name in public_names(module)}
     assert {"DistillationTrainer", "make_student", "load_model", "accuracy", "compare", "parameter_count"} <= lab.keys()
-    trees = [ast.parse(source) for source in code_sources()]
+    trees = [ast.parse(source) for source in code_sources(NOTEBOOK)]
     defined = {node.name for tree in trees for node in ast.walk(tree)
                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     clashes = {name: lab[name] for name in defined & lab.keys()}
@@ -79,7 +67,7 @@ def test_notebook_calls_the_lab_modules_and_redefines_none_of_their_names():
 
 
 def test_notebook_measures_through_evaluation_without_workarounds():
-    code = "\n".join(code_sources())
+    code = "\n".join(code_sources(NOTEBOOK))
     # Classifiers are loaded by evaluation.load_model, quantized weights sized by model_size_mb and
     # parameter_count, accuracy scored by evaluation.accuracy and drawn by plot_comparison.
     for workaround in ("AutoModelForSequenceClassification", "_packed_params", "_weight_bias", "DataLoader",

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_source import LAB_MODULES, code_sources, public_names
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "model_compression_and_pruning.ipynb"
 RUNNER = ROOT / "tools" / "run_notebook.py"
-LAB_MODULES = ("quantization", "pruning", "distillation", "evaluation")
 
 # Row names at the notebook's default parameters (PRUNE_FRACTIONS, FFN_PRUNE, HEAD_PRUNE).
 REQUIRED_ROWS = (
@@ -39,20 +39,8 @@ def run_runner(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=ROOT)
 
 
-def code_sources(path: Path) -> list[str]:
-    return [cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
-
-
 # ---------------------------------------------------------------------------
 # The notebook's source
-
-
-def public_names(module: str) -> set[str]:
-    """Top-level public functions and classes of a lab module, read from its source."""
-    tree = ast.parse((ROOT / f"{module}.py").read_text(encoding="utf-8"))
-    return {node.name for node in tree.body
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-            and not node.name.startswith("_")}
 
 
 def test_lab_modules_expose_what_the_notebook_calls():
