@@ -325,6 +325,21 @@ def test_int8_matmul_equals_integer_reference(m, k, n):
     assert torch.equal(int8_matmul(a, b.t().contiguous().t()), out)  # any strides
 
 
+@pytest.mark.parametrize("k, n", [(768, 3072), (3072, 768)])
+def test_transformer_sized_int8_part_equals_the_integer_reference(k, n):
+    # A (2048, K) @ (K, N) FFN product. Integer inputs whose every row of x and column
+    # of w reaches 127 are their own codes with outer(cx, cw) / 127**2 == 1, so the
+    # int8 part is the integer product itself; float64 holds it exactly.
+    g = torch.Generator().manual_seed(k)
+    x = torch.randint(-127, 128, (2048, k), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (k, n), generator=g, dtype=torch.int8)
+    x[:, 0], w[0, :] = 127, -127
+    expected = x.double() @ w.double()
+    assert torch.equal(int8_matmul(x, w).double(), expected)
+    if k * 127**2 < 2**24:  # the float32 result of the whole kernel is exact too
+        assert torch.equal(mixed_precision_forward(x.float(), w.float(), threshold=None).double(), expected)
+
+
 def test_int8_matmul_worst_case_beyond_float32_integers():
     # Codes of one sign at full magnitude: sums up to 3071 * 127**2 > 2**24, odd
     # values float32 cannot hold, so the int32 result must come from exact chunks.
