@@ -54,23 +54,25 @@ _LAYER_LISTS = {"bert": "encoder.layer", "distilbert": "transformer.layer", "lla
 # Argument checks
 # ---------------------------------------------------------------------------
 
-def _check_positive(name: str, value: Any) -> None:
+def _check_real(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    _check_real(name, value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
 
 
 def _check_non_negative(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    _check_real(name, value)
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 def _check_alpha(alpha: Any) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
+    _check_real("alpha", alpha)
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
 
@@ -244,7 +246,8 @@ def hidden_state_loss(
     Face's tuple is the embedding output), or the full tuple to include embeddings.
 
     Args:
-        student_hidden: sequence of `(..., positions..., width_s)` tensors, e.g. `(batch, seq, width_s)`.
+        student_hidden: sequence of `(..., width_s)` tensors (one state per leading position), e.g.
+            `(batch, seq, width_s)`.
         teacher_hidden: sequence of tensors with the same leading shape and width `width_t`.
         layer_map: dict `{student index: teacher index}`, or a list whose i-th entry is
             the teacher index of student index i.
@@ -551,17 +554,32 @@ def _is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
 
-def _check_models(teacher_model: Any, student_model: Any, needs_hf: bool) -> None:
+def _check_distillation_args(
+    teacher_model: Any,
+    student_model: Any,
+    temperature: Any,
+    alpha: Any,
+    hidden_weight: Any,
+    attention_weight: Any,
+    hidden_kind: Any,
+) -> None:
+    """The argument checks shared by `distill_model` and `DistillationTrainer`."""
+    _check_non_negative("hidden_weight", hidden_weight)
+    _check_non_negative("attention_weight", attention_weight)
     for name, model in (("teacher_model", teacher_model), ("student_model", student_model)):
         if not isinstance(model, nn.Module):
             raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
-        if needs_hf and not isinstance(model, transformers.PreTrainedModel):
+        if (hidden_weight or attention_weight) and not isinstance(model, transformers.PreTrainedModel):
             raise TypeError(
                 f"hidden_weight/attention_weight need Hugging Face models (hidden states, attentions); "
                 f"{name} is a {type(model).__name__}"
             )
     if teacher_model is student_model:
         raise ValueError("teacher_model and student_model are the same object: the teacher would be trained")
+    _check_positive("temperature", temperature)
+    _check_alpha(alpha)
+    if hidden_kind not in HIDDEN_KINDS:
+        raise ValueError(f"hidden_kind must be one of {HIDDEN_KINDS}, got {hidden_kind!r}")
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, num_epochs: int, batch_index: int) -> None:
@@ -649,19 +667,14 @@ def distill_model(
             without any labelled position.
         FloatingPointError: a NaN or infinite loss, naming the epoch and the batch (1-based).
     """
-    needs_hf = bool(hidden_weight or attention_weight)
-    _check_non_negative("hidden_weight", hidden_weight)
-    _check_non_negative("attention_weight", attention_weight)
-    _check_models(teacher_model, student_model, needs_hf)
-    _check_positive("temperature", temperature)
-    _check_alpha(alpha)
+    _check_distillation_args(
+        teacher_model, student_model, temperature, alpha, hidden_weight, attention_weight, hidden_kind
+    )
     if isinstance(num_epochs, bool) or not isinstance(num_epochs, int):
         raise TypeError(f"num_epochs must be an int, got {type(num_epochs).__name__}")
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
     _check_positive("learning_rate", learning_rate)
-    if hidden_kind not in HIDDEN_KINDS:
-        raise ValueError(f"hidden_kind must be one of {HIDDEN_KINDS}, got {hidden_kind!r}")
 
     device = torch.device(device) if device is not None else next(student_model.parameters()).device
     student_model.to(device)
@@ -823,13 +836,9 @@ class DistillationTrainer(transformers.Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        _check_non_negative("hidden_weight", hidden_weight)
-        _check_non_negative("attention_weight", attention_weight)
-        _check_models(teacher_model, self.model, bool(hidden_weight or attention_weight))
-        _check_positive("temperature", temperature)
-        _check_alpha(alpha)
-        if hidden_kind not in HIDDEN_KINDS:
-            raise ValueError(f"hidden_kind must be one of {HIDDEN_KINDS}, got {hidden_kind!r}")
+        _check_distillation_args(
+            teacher_model, self.model, temperature, alpha, hidden_weight, attention_weight, hidden_kind
+        )
         device = next(self.model.parameters()).device
         self.teacher_model = teacher_model.to(device).eval()
         self.temperature, self.alpha = temperature, alpha

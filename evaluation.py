@@ -369,11 +369,23 @@ def _check_positive_int(name: str, value: object) -> None:
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
+    if not isinstance(texts, str):
+        texts = list(texts)  # before the checks, so that they do not use up a one-shot iterable
     if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
         raise TypeError("texts must be a sequence of strings (wrap a single text in a list)")
     if not texts:
         raise ValueError("texts is empty")
-    return list(texts)
+    return texts
+
+
+def _check_room(tokenizer, max_length: int) -> None:
+    if max_length <= tokenizer.num_special_tokens_to_add():
+        raise ValueError(f"max_length={max_length} leaves no room for tokens besides the special tokens")
+
+
+def _joined_ids(tokenizer, texts: list[str]) -> torch.Tensor:
+    """The texts joined with blank lines, tokenized as one sequence: (n,) int64."""
+    return tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False)["input_ids"][0]
 
 
 def _encode(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -386,8 +398,7 @@ def _encode(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Ten
         input_ids (N, L) int64, attention_mask (N, L) int64 and scorable (N, L) bool (real,
         non-special tokens) for the N chunks in text order, L the longest chunk.
     """
-    if max_length <= tokenizer.num_special_tokens_to_add():
-        raise ValueError(f"max_length={max_length} leaves no room for tokens besides the special tokens")
+    _check_room(tokenizer, max_length)
     encoded = tokenizer(texts, truncation=True, max_length=max_length, return_overflowing_tokens=True,
                         return_special_tokens_mask=True, padding=True, padding_side="right",
                         return_tensors="pt", return_token_type_ids=False)
@@ -468,9 +479,22 @@ def masked_lm_inputs(
             "labels": ids.masked_fill(~masked, IGNORE_INDEX)}
 
 
-def _batches(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Row indices grouped into batches of similar length, longest first (least padding, early OOM)."""
-    return list(torch.argsort(lengths, descending=True, stable=True).split(batch_size))
+def _batches(
+    inputs: Mapping[str, torch.Tensor], batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Rows of right-padded `(N, L)` inputs in batches of similar length, with dynamic padding.
+
+    Rows are sorted by length (`attention_mask` sums), longest first (least padding, early
+    OOM), and grouped `batch_size` at a time; each batch is cut to its longest row.
+
+    Yields:
+        (rows, batch): the row indices, int64 on the CPU, and every tensor of `inputs` at
+        those rows, `(len(rows), width)`, on `device`.
+    """
+    lengths = inputs["attention_mask"].sum(dim=1)
+    for rows in torch.argsort(lengths, descending=True, stable=True).split(batch_size):
+        width = int(lengths[rows].max())
+        yield rows, {key: value[rows, :width].to(device) for key, value in inputs.items()}
 
 
 def _nll(model, inputs: dict[str, torch.Tensor], batch_size: int, *, shift: bool, progress: bool,
@@ -481,13 +505,10 @@ def _nll(model, inputs: dict[str, torch.Tensor], batch_size: int, *, shift: bool
     the loss is computed in float32 from the logits. With `shift` (causal LM) the logits at
     position t are scored against the label at t + 1.
     """
-    device = _device(model)
-    lengths = inputs["attention_mask"].sum(dim=1)
     total, count = 0.0, 0
-    with _evaluating(model), tqdm(total=len(lengths), desc="perplexity", unit=unit, disable=not progress) as bar:
-        for rows in _batches(lengths, batch_size):
-            width = int(lengths[rows].max())
-            batch = {key: value[rows, :width].to(device) for key, value in inputs.items()}
+    with _evaluating(model), tqdm(total=len(inputs["input_ids"]), desc="perplexity", unit=unit,
+                                  disable=not progress) as bar:
+        for rows, batch in _batches(inputs, batch_size, _device(model)):
             labels = batch.pop("labels")
             logits = model(**batch).logits
             if shift:
@@ -577,7 +598,7 @@ def perplexity(
         stride = max_length // 2 if stride is None else stride
         if not isinstance(stride, int) or not 1 <= stride <= max_length:
             raise ValueError(f"stride must be an int in [1, max_length={max_length}], got {stride!r}")
-        ids = tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False)["input_ids"][0]
+        ids = _joined_ids(tokenizer, texts)
         if len(ids) < 2:
             raise ValueError("the texts hold fewer than two tokens: nothing to predict")
         windows = _causal_windows(ids, max_length, stride)
@@ -632,7 +653,7 @@ def pseudo_perplexity(
         for copies in torch.arange(len(chunk)).split(batch_size):
             rows, cols = chunk[copies], position[copies]
             width = int(lengths[rows].max())
-            masked = ids[rows, :width].clone()
+            masked = ids[rows, :width]  # indexing by a tensor of rows already copies
             masked[torch.arange(len(rows)), cols] = tokenizer.mask_token_id
             logits = model(input_ids=masked.to(device), attention_mask=attention[rows, :width].to(device)).logits
             picked = logits[torch.arange(len(rows), device=device), cols.to(device)]
@@ -686,18 +707,14 @@ def accuracy(
                          f"{tuple(labels.shape)}")
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("max_length", max_length)
-    if max_length <= tokenizer.num_special_tokens_to_add():
-        raise ValueError(f"max_length={max_length} leaves no room for tokens besides the special tokens")
+    _check_room(tokenizer, max_length)
     encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, padding_side="right",
                         return_tensors="pt", return_token_type_ids=False)
-    lengths = encoded["attention_mask"].sum(dim=1)
-    device = _device(model)
+    inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
     correct = 0
     with _evaluating(model), tqdm(total=len(texts), desc="accuracy", unit="text", disable=not progress) as bar:
-        for rows in _batches(lengths, batch_size):
-            width = int(lengths[rows].max())
-            logits = model(input_ids=encoded["input_ids"][rows, :width].to(device),
-                           attention_mask=encoded["attention_mask"][rows, :width].to(device)).logits
+        for rows, batch in _batches(inputs, batch_size, _device(model)):
+            logits = model(**batch).logits
             if logits.dim() != 2:
                 raise ValueError(f"expected logits of shape (batch, num_labels) from a sequence classifier, got "
                                  f"{tuple(logits.shape)}")
@@ -958,7 +975,7 @@ def latency_batch(tokenizer, texts: Sequence[str], *, batch_size: int = 16, max_
     texts = _check_texts(texts)
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("max_length", max_length)
-    ids = tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False)["input_ids"][0]
+    ids = _joined_ids(tokenizer, texts)
     rows = max(1, min(batch_size, len(ids) // max_length))
     ids = ids[: rows * max_length].reshape(rows, -1)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

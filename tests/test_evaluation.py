@@ -253,6 +253,14 @@ def test_perplexity_validates_its_arguments(bert, tokenizer, texts):
         ev.perplexity(Uniform(8), tokenizer, texts)
 
 
+def test_texts_may_be_a_one_shot_iterable(bert, tokenizer, texts):
+    # the argument checks must not use up a generator before the texts are tokenized
+    assert ev.perplexity(bert, tokenizer, iter(texts), max_length=32, progress=False) == ev.perplexity(
+        bert, tokenizer, texts, max_length=32, progress=False)
+    one_shot = ev.latency_batch(tokenizer, (text for text in texts), batch_size=2, max_length=16)
+    assert torch.equal(one_shot["input_ids"], ev.latency_batch(tokenizer, texts, batch_size=2, max_length=16)["input_ids"])
+
+
 def test_pseudo_perplexity_by_hand_perfect_and_uniform(bert, tokenizer, texts):
     short = texts[:2]
     encoded = tokenizer(short, truncation=True, max_length=16, return_overflowing_tokens=True)
