@@ -29,6 +29,9 @@ def pack_bits(fields: torch.Tensor, bits: int) -> torch.Tensor:
 
     Returns:
         uint8 tensor (ceil(n * bits / 8),) for n = fields.numel().
+
+    Raises:
+        ValueError: `bits` is not 1, 2 or 4.
     """
     _check_bits(bits)
     per_byte = 8 // bits
@@ -49,6 +52,9 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
 
     Returns:
         uint8 tensor (numel,).
+
+    Raises:
+        ValueError: `bits` is not 1, 2 or 4.
     """
     _check_bits(bits)
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)

@@ -191,10 +191,6 @@ def sparsity(model: nn.Module, layer_type: type = nn.Linear) -> float:
 # Shrinking: remove neurons and heads by building smaller layers
 # ---------------------------------------------------------------------------------------------------------
 
-def _join(prefix: str, path: str) -> str:
-    return f"{prefix}.{path}" if prefix else path
-
-
 def _linear_at(module: nn.Module, path: str) -> nn.Linear | None:
     """The nn.Linear at dotted `path` under `module`, or None if there is none."""
     try:
@@ -223,13 +219,16 @@ def _select_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linea
     return smaller.train(linear.training)
 
 
-def _find_ffns(model: nn.Module) -> list[tuple[str, tuple[str, ...], str, str]]:
-    """(block name, input paths, output path, config field) of every recognised FFN block in `model`."""
+def _find_ffns(model: nn.Module) -> list[tuple[nn.Module, tuple[str, ...], str, str]]:
+    """(block, input paths, output path, config field) of every recognised FFN block in `model`.
+
+    The paths are relative to the block.
+    """
     found = []
-    for name, module in model.named_modules():
+    for module in model.modules():
         for inputs, output, field in _FFN_PATTERNS:
             if all(_linear_at(module, path) is not None for path in (*inputs, output)):
-                found.append((name, inputs, output, field))
+                found.append((module, inputs, output, field))
     return found
 
 
@@ -263,7 +262,7 @@ def prune_ffn_neurons(model: nn.Module, pruning_percentage: float) -> nn.Module:
             f"{type(model).__name__} has no recognised feed-forward block "
             "(intermediate.dense/output.dense, gate_proj/up_proj/down_proj, or lin1/lin2)"
         )
-    widths = {model.get_submodule(_join(name, output)).in_features for name, _, output, _ in ffns}
+    widths = {block.get_submodule(output).in_features for block, _, output, _ in ffns}
     if len(widths) > 1:
         raise ValueError(
             f"FFN blocks of {type(model).__name__} differ in width {sorted(widths)}; cannot shrink them alike"
@@ -276,19 +275,15 @@ def prune_ffn_neurons(model: nn.Module, pruning_percentage: float) -> nn.Module:
         )
     if n_removed == 0:
         return model
-    for name, inputs, output, field in ffns:
-        in_paths = [_join(name, path) for path in inputs]
-        out_path = _join(name, output)
-        out_weight = model.get_submodule(out_path).weight.detach().float()
+    for block, inputs, output, field in ffns:
         # Squared L2 norm of each neuron's weights: it ranks the neurons exactly as the norm does.
-        importance = out_weight.pow(2).sum(0)
-        for path in in_paths:
-            importance += model.get_submodule(path).weight.detach().float().pow(2).sum(1)
+        importance = block.get_submodule(output).weight.detach().float().pow(2).sum(0)
+        for path in inputs:
+            importance += block.get_submodule(path).weight.detach().float().pow(2).sum(1)
         keep = torch.topk(importance, width - n_removed).indices.sort().values
-        for path in in_paths:
-            model.set_submodule(path, _select_linear(model.get_submodule(path), keep, dim=0))
-        model.set_submodule(out_path, _select_linear(model.get_submodule(out_path), keep, dim=1))
-        block = model.get_submodule(name)
+        for path in inputs:
+            block.set_submodule(path, _select_linear(block.get_submodule(path), keep, dim=0))
+        block.set_submodule(output, _select_linear(block.get_submodule(output), keep, dim=1))
         if hasattr(block, field):  # LlamaMLP keeps its own copy of intermediate_size
             setattr(block, field, width - n_removed)
     config = getattr(model, "config", None)
@@ -448,7 +443,8 @@ def load_pruned_model(model_class: type[nn.Module], path: str | os.PathLike) -> 
         the model, in eval mode like `from_pretrained` returns it.
 
     Raises:
-        ValueError: the weights do not cover the rebuilt model's parameters (see `from_sparse_state_dict`).
+        ValueError: the saved weights do not match the rebuilt model's state dict (a missing weight or an
+            unknown name).
     """
     config = model_class.config_class.from_pretrained(path)
     model = model_class(config)

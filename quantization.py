@@ -564,7 +564,8 @@ def quantize_model(
         `model` itself, its linear layers replaced.
 
     Raises:
-        ValueError: unknown format, bad threshold, or no `nn.Linear` left to replace.
+        ValueError: unknown format, bad threshold, `model` is itself an `nn.Linear`
+            (use `QuantizedLinear.from_linear`), or no `nn.Linear` left to replace.
     """
     _check_format(quantization_format)
     _check_threshold(threshold)
@@ -576,10 +577,10 @@ def quantize_model(
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear):
             continue
-        if name in skip or name.rpartition(".")[2] in skip:
+        parent_name, _, child = name.rpartition(".")
+        if name in skip or child in skip:
             skipped.append(name)
             continue
-        parent_name, _, child = name.rpartition(".")
         quantized = QuantizedLinear.from_linear(module, quantization_format, threshold)
         setattr(model.get_submodule(parent_name), child, quantized)
         replaced.append(name)
