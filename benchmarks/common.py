@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,12 +131,8 @@ class Timing:
 
     @property
     def p90(self) -> float:
-        """90th percentile, linear interpolation between order statistics."""
-        ordered = sorted(self.samples)
-        position = 0.9 * (len(ordered) - 1)
-        low = math.floor(position)
-        high = min(low + 1, len(ordered) - 1)
-        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+        """90th percentile, linear interpolation between order statistics (as evaluation.measure_latency)."""
+        return float(np.percentile(self.samples, 90))
 
 
 def time_calls(fns: Mapping[str, Callable[[], object]], *, runs: int, warmup: int,

@@ -9,8 +9,8 @@ from a `save_pretrained` copy, the lab's `quantize_model` int8 (pure) / LLM.int8
 dict), `prune_ffn_neurons` 40%, `prune_attention_heads` 25%, and `make_student` with half the
 layers (6 for BERT-base).
 
-Latency samples are `evaluation.measure_latency(..., runs=1)` calls, one batch each; size is
-`evaluation.model_size_mb`. Each variant is timed alternately with the fp32 model (variant, fp32,
+Latency is `evaluation.measure_latency` per batch, size `evaluation.model_size_mb`. Each variant is
+timed in `measure_latency(..., runs=1)` calls alternating with the fp32 model (variant, fp32,
 variant, ...) and its speedup is the ratio of the two medians, so a change in machine load
 during the run does not bias it. The expected size ratio of each variant is computed from the
 fp32 model's parameter counts and the storage rules (int8: 1 byte per weight, 1.58-bit: 2 bits,
@@ -220,17 +220,17 @@ def run(device: torch.device, *, config=None, batch: int = 8, seq: int = 128, ru
                   f"{config.hidden_size}): latency and size", COLUMNS)
     base_mb = model_size_mb(base)
     base_bytes = base_mb * MB
-    fp32 = Timing(tuple(measure_latency(base, inputs, runs=1, warmup=warmup if i == 0 else 0)["median_ms"]
-                        for i in range(runs)))
-    table.add(variant="fp32", timed_on=shape, median_ms=fp32.median, p90_ms=fp32.p90, speedup_vs_fp32=1.0,
-              size_mb=base_mb, size_ratio=1.0, expected_size_ratio=1.0, size_check="PASS")
-    speedups, fp32_medians = {}, [fp32.median]
 
     def add(name: str, timed_on: str, median: float, p90: float, speedup: float, size_mb: float, ratio: float,
             expected: float) -> None:
         table.add(variant=name, timed_on=timed_on, median_ms=median, p90_ms=p90, speedup_vs_fp32=speedup,
                   size_mb=size_mb, size_ratio=ratio, expected_size_ratio=expected,
                   size_check=verdict(abs(ratio / expected - 1), SIZE_TOLERANCE))
+
+    fp32 = measure_latency(base, inputs, runs=runs, warmup=warmup)
+    fp32_median = fp32["median_ms"]
+    add("fp32", shape, fp32_median, fp32["p90_ms"], 1.0, base_mb, 1.0, 1.0)
+    speedups, fp32_medians = {}, [fp32_median]
 
     with tempfile.TemporaryDirectory() as folder:
         base.save_pretrained(folder)
@@ -249,8 +249,8 @@ def run(device: torch.device, *, config=None, batch: int = 8, seq: int = 128, ru
             if variant.name == "fp16" and device.type == "cpu":
                 small = make_inputs(config, fp16_cpu_batch, seq, device)
                 scaled = measure_latency(model, small, runs=1, warmup=0)["median_ms"] * batch / fp16_cpu_batch
-            if scaled is not None and scaled > SLOW_FP16 * fp32.median:
-                median, p90, speedup = scaled, math.nan, fp32.median / scaled
+            if scaled is not None and scaled > SLOW_FP16 * fp32_median:
+                median, p90, speedup = scaled, math.nan, fp32_median / scaled
                 timed_on = f"{fp16_cpu_batch}x{seq}, x{batch / fp16_cpu_batch:g}"
                 table.notes.append(
                     f"fp16 on this CPU: one batch of {fp16_cpu_batch}x{seq} timed once and scaled linearly to "

@@ -8,6 +8,7 @@ Run: `python benchmarks/run_all.py [--quick] [--device cpu|cuda] [--threads N] [
 """
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -22,13 +23,11 @@ SCRIPTS = ("kernel", "models", "evaluation_throughput")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fast sanity pass of every script")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default), for every script")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of every script (default: all)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the CSV and markdown files")
     parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=SCRIPTS, help="run these scripts only")
     args = parser.parse_args(argv)
 

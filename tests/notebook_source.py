@@ -19,3 +19,14 @@ def public_names(module: str) -> set[str]:
     return {node.name for node in tree.body
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
             and not node.name.startswith("_")}
+
+
+def lab_names() -> dict[str, str]:
+    """Public name -> the lab module defining it, for every module of LAB_MODULES."""
+    return {name: module for module in LAB_MODULES for name in public_names(module)}
+
+
+def defined_names(path: Path) -> set[str]:
+    """Names of the functions and classes the notebook at `path` defines, at any depth."""
+    return {node.name for source in code_sources(path) for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}

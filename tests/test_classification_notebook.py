@@ -18,9 +18,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_source import LAB_MODULES, code_sources, public_names
+from notebook_source import LAB_MODULES, ROOT, code_sources, defined_names, lab_names
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "distillation_classification.ipynb"
 RUNNER = ROOT / "tools" / "run_notebook.py"
 
@@ -53,13 +52,11 @@ def test_notebook_is_stored_without_outputs():
 
 
 def test_notebook_calls_the_lab_modules_and_redefines_none_of_their_names():
-    lab = {name: module for module in LAB_MODULES for name in public_names(module)}
+    lab = lab_names()
     assert {"DistillationTrainer", "make_student", "load_model", "accuracy", "compare", "parameter_count"} <= lab.keys()
-    trees = [ast.parse(source) for source in code_sources(NOTEBOOK)]
-    defined = {node.name for tree in trees for node in ast.walk(tree)
-               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    clashes = {name: lab[name] for name in defined & lab.keys()}
+    clashes = {name: lab[name] for name in defined_names(NOTEBOOK) & lab.keys()}
     assert not clashes, f"the notebook redefines lab functions (call them instead): {clashes}"
+    trees = [ast.parse(source) for source in code_sources(NOTEBOOK)]
     imported = {alias.name for tree in trees for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom) and node.module in LAB_MODULES for alias in node.names}
     assert {"DistillationTrainer", "make_student", "load_model", "accuracy", "compare", "parameter_count",

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_source import LAB_MODULES, code_sources, public_names
+from notebook_source import LAB_MODULES, ROOT, code_sources, defined_names, lab_names
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "model_compression_and_pruning.ipynb"
 RUNNER = ROOT / "tools" / "run_notebook.py"
 
@@ -45,16 +44,14 @@ def run_runner(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def test_lab_modules_expose_what_the_notebook_calls():
     # Guards the next test: an empty name set would make it pass vacuously.
-    names = set().union(*(public_names(module) for module in LAB_MODULES))
+    names = lab_names().keys()
     assert {"QuantizedVector", "mixed_precision_forward", "quantize_model", "apply_weight_pruning",
             "prune_ffn_neurons", "distill_model", "make_student", "compare", "load_model"} <= names
 
 
 def test_notebook_redefines_no_lab_function():
-    lab = {name: module for module in LAB_MODULES for name in public_names(module)}
-    defined = {node.name for source in code_sources(NOTEBOOK) for node in ast.walk(ast.parse(source))
-               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    clashes = {name: lab[name] for name in defined & lab.keys()}
+    lab = lab_names()
+    clashes = {name: lab[name] for name in defined_names(NOTEBOOK) & lab.keys()}
     assert not clashes, f"the notebook redefines lab functions (call them instead): {clashes}"
 
 

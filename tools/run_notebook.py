@@ -7,8 +7,9 @@ temporary folder points at `sys.executable`), so `make report` uses the project'
 virtual environment whatever other kernels are installed. The kernel starts in the
 notebook's folder and inherits the environment; `--smoke` sets `SMOKE=1` and
 `--results-dir` sets `RESULTS_DIR` for it. The executed notebook is written to
-`RESULTS_DIR/<name>.ipynb` (default `results/` next to the notebook), also when a
-cell fails; a failing cell prints its error and the exit status is 1.
+`RESULTS_DIR/<name>.ipynb` (without the option: `$RESULTS_DIR` when set, else `results/`
+next to the notebook), also when a cell fails; a failing cell prints its error and the
+exit status is 1.
 
 The notebooks themselves write their tables and figures; this script only runs them.
 """
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=None, metavar="S",
                         help="seconds allowed per cell (default: no limit)")
     parser.add_argument("--results-dir", type=Path, default=None, metavar="DIR",
-                        help="output folder, passed to the notebook as RESULTS_DIR (default: results/)")
+                        help="output folder, passed to the notebook as RESULTS_DIR "
+                             "(default: $RESULTS_DIR, else results/ next to the notebook)")
     args = parser.parse_args(argv)
 
     path = args.notebook.resolve()
