@@ -27,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lab modules and `benchmarks` live there
 
 from benchmarks.common import Table, build_parser, header, report, setup, time_calls
-from evaluation import hub_available, load_texts, perplexity, tiny_tokenizer
+from toolkit.evaluation import hub_available, load_texts, perplexity, tiny_tokenizer
 
 COLUMNS = ("method", "texts", "tokens", "batch_size", "median_s", "tokens_per_s", "speedup", "perplexity")
 

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lab modul
 from benchmarks.common import (Table, build_parser, header, relative_error, report, setup, time_call, time_calls,
                                verdict)
 from benchmarks.naive_reference import naive_mixed_precision_forward
-from quantization import QuantizedLinear, mixed_precision_forward
+from quantization import mixed_precision_forward
+from toolkit.layers import QuantizedLinear
 
 THRESHOLD = 6.0
 SHAPES = ((768, 3072), (3072, 768))  # (in_features, out_features) of BERT-base's FFN

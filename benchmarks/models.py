@@ -36,10 +36,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lab modules and `benchmarks` live there
 
 from benchmarks.common import Table, Timing, build_parser, header, report, setup, verdict
-from distillation import make_student
-from evaluation import MB, measure_latency, model_size_mb
-from pruning import apply_weight_pruning, prune_attention_heads, prune_ffn_neurons, to_sparse_state_dict
-from quantization import quantize_model
+from toolkit.students import make_student
+from toolkit.evaluation import MB, measure_latency, model_size_mb
+from pruning import apply_weight_pruning
+from toolkit.shrink import prune_attention_heads, prune_ffn_neurons
+from toolkit.sparse import to_sparse_state_dict
+from toolkit.layers import quantize_model
 
 FFN_FRACTION, HEAD_FRACTION, UNSTRUCTURED_FRACTION = 0.4, 0.25, 0.4
 SIZE_TOLERANCE = 0.01

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from bitpack import pack_bits, unpack_bits
+from toolkit.packing import pack_bits, unpack_bits
 
 
 def test_one_bit_layout_first_field_lowest_bit():

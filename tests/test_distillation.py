@@ -22,12 +22,10 @@ from transformers import (
     TrainingArguments,
 )
 
-from distillation import (
+from distillation import compute_distillation_loss, distill_model, distillation_objective
+from toolkit.students import (
     DistillationTrainer,
     attention_loss,
-    compute_distillation_loss,
-    distill_model,
-    distillation_objective,
     evenly_spaced_layers,
     hidden_state_loss,
     make_student,

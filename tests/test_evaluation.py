@@ -16,7 +16,7 @@ from torch import nn
 from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification, BitsAndBytesConfig,
                           LlamaForCausalLM)
 
-import evaluation as ev
+import toolkit.evaluation as ev
 
 MB = 2**20
 

@@ -17,17 +17,9 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from pruning import (
-    apply_structured_pruning,
-    apply_weight_pruning,
-    from_sparse_state_dict,
-    load_pruned_model,
-    prune_attention_heads,
-    prune_ffn_neurons,
-    remove_attention_heads,
-    sparsity,
-    to_sparse_state_dict,
-)
+from pruning import apply_structured_pruning, apply_weight_pruning, sparsity
+from toolkit.shrink import load_pruned_model, prune_attention_heads, prune_ffn_neurons, remove_attention_heads
+from toolkit.sparse import from_sparse_state_dict, to_sparse_state_dict
 
 HIDDEN, HEADS, HEAD_SIZE, WIDTH, LAYERS = 32, 4, 8, 40, 2
 

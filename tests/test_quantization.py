@@ -16,15 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
-from quantization import (
-    FORMATS,
-    QuantizedLinear,
-    QuantizedVector,
-    absmax_quantize,
-    int8_matmul,
-    mixed_precision_forward,
-    quantize_model,
-)
+from quantization import FORMATS, QuantizedVector, absmax_quantize, int8_matmul, mixed_precision_forward
+from toolkit.layers import QuantizedLinear, quantize_model
 
 EPS32 = 2.0**-24  # unit roundoff of float32
 CONTRACT_VECTOR = [0.5, -0.75, 1.25, -1.5, 2.0]
