@@ -64,6 +64,8 @@ def _check_logits(name: str, logits: Any) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got {logits.dtype}")
     if logits.dim() < 2:
         raise ValueError(f"{name} must have shape (..., num_classes) with at least 2 dims, got {tuple(logits.shape)}")
+    if logits.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(logits.shape)}): there is nothing to distil")
 
 
 # ---------------------------------------------------------------------------
@@ -85,7 +87,9 @@ def compute_distillation_loss(
     for `(batch, seq, vocab)` logits the divisor is `batch * seq`, the number of
     positions, not `batch`. With `mask`, only the selected rows count, and the divisor
     is the number of selected rows. The `T**2` factor keeps gradient magnitudes
-    comparable across temperatures. Identical logits give exactly 0.0.
+    comparable across temperatures. Identical logits give exactly 0.0. Guarantees: a teacher
+    logit of -inf (probability 0) adds 0, even where the student's is -inf too; a student -inf
+    where the teacher has mass gives +inf (the true KL); NaN gives NaN.
 
     Args:
         student_logits: floating tensor `(..., num_classes)`.
@@ -99,8 +103,8 @@ def compute_distillation_loss(
 
     Raises:
         TypeError: non-tensor or non-floating logits, non-bool mask, non-number temperature.
-        ValueError: shapes differ, fewer than 2 dims, temperature <= 0, a mask of the
-            wrong shape or one that selects nothing.
+        ValueError: shapes differ, fewer than 2 dims, empty logits, temperature <= 0, a mask
+            of the wrong shape or one that selects nothing.
     """
     _check_logits("student_logits", student_logits)
     _check_logits("teacher_logits", teacher_logits)
@@ -127,13 +131,14 @@ def compute_distillation_loss(
         teacher_rows = teacher_rows[mask.reshape(-1)]
     # BEGIN SOLUTION (Exercise 3)
     # TODO: soften both distributions: log_softmax(logits / temperature) over the last dim.
-    # TODO: KL(teacher || student) with F.kl_div(student_log_probs, teacher_log_probs,
-    #       reduction='batchmean', log_target=True): summed over classes, averaged over rows.
-    # TODO: multiply by temperature ** 2.
+    # TODO: KL(teacher || student) = sum over classes of p * (log p - log q), p the teacher's
+    #       probabilities; a class with p == 0 adds 0 (0 * log 0 = 0, even where q == 0).
+    # TODO: average over rows, multiply by temperature ** 2.
     student_log_probs = F.log_softmax(student_rows / temperature, dim=-1)
     teacher_log_probs = F.log_softmax(teacher_rows / temperature, dim=-1)
-    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
-    return kl * temperature**2
+    teacher_probs = teacher_log_probs.exp()
+    kl = torch.where(teacher_probs == 0, 0.0, teacher_probs * (teacher_log_probs - student_log_probs))
+    return kl.sum() / len(kl) * temperature**2
     # END SOLUTION
 
 

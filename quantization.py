@@ -14,6 +14,9 @@ It does not: quantize layers or models (the toolkit's `toolkit.layers` does, thr
 from __future__ import annotations
 
 import math
+import os
+import time
+
 import torch
 
 
@@ -62,7 +65,9 @@ class QuantizedVector:
     An all-zero tensor gets `alpha = 1` (all codes 0, or +1 for '1bit').
 
     The arithmetic runs in float32 whatever the input dtype, except 'fp16',
-    which rounds the original tensor directly.
+    which rounds the original tensor directly. Guarantees: any input float32 holds,
+    subnormal to 3.4e38, gets these codes in float32 with an unbounded exponent (tiny
+    inputs reach ±127); 'fp16' overflows to ±inf beyond 65504; the rest raises.
 
     Args:
         vector: floating tensor of any non-empty shape with finite values.
@@ -76,7 +81,8 @@ class QuantizedVector:
 
     Raises:
         TypeError: `vector` is not a tensor.
-        ValueError: empty, non-floating or non-finite `vector`; unknown format.
+        ValueError: empty, non-floating or non-finite `vector`, values float32 cannot
+            hold (a float64 beyond ±3.4e38, or one so small it rounds to 0); unknown format.
     """
 
     def __init__(self, vector: torch.Tensor, quantization_format: str = "int8") -> None:
@@ -89,6 +95,10 @@ class QuantizedVector:
             raise ValueError(f"vector must be a floating-point tensor, got dtype {vector.dtype}")
         if not torch.isfinite(vector).all():
             raise ValueError("vector must contain only finite values (no NaN or inf)")
+        x32 = vector.float()
+        if not torch.isfinite(x32).all() or ((x32 == 0) & (vector != 0)).any():
+            raise ValueError("vector holds values float32 cannot represent (beyond ±3.4e38, or nonzero "
+                             "but rounding to 0); the quantization arithmetic runs in float32")
         self.original_vector = vector
         self.quantization_format = quantization_format
         self.quantized_vector: torch.Tensor | None = None
@@ -101,10 +111,12 @@ class QuantizedVector:
         # BEGIN SOLUTION (Exercise 1)
         # TODO: 'fp16': quantized_vector = x.half(), alpha = 1.0.
         # TODO: 'int8': alpha = 127 / max|x| (1.0 when max|x| is 0);
-        #       quantized_vector = round(x * alpha) as torch.int8.
+        #       quantized_vector = round(x * alpha) as torch.int8 (alpha overflows float32 for
+        #       max|x| < 4e-37: there, multiply x by 2**100 and divide alpha by it, both exact).
         # TODO: '1.58bit': t = mean|x|; codes 1 where x > t, -1 where x < -t, else 0 (int8).
         # TODO: '1bit': codes -1 where x < 0, else +1 (int8).
-        # TODO: for '1.58bit' and '1bit' set alpha = 1 / mean|x| (1.0 when mean|x| is 0).
+        # TODO: for '1.58bit' and '1bit' set alpha = 1 / mean|x| (1.0 when mean|x| is 0);
+        #       take the mean in float64 (the float32 sum of |x| can overflow).
         if self.quantization_format == "fp16":
             self.quantized_vector, self.alpha = x.half(), 1.0
             return self.quantized_vector
@@ -112,9 +124,10 @@ class QuantizedVector:
         if self.quantization_format == "int8":
             absmax = x.abs().max().item()
             self.alpha = 127.0 / absmax if absmax > 0 else 1.0
-            self.quantized_vector = torch.round(x * self.alpha).to(torch.int8)
+            s = 2.0**100 if absmax < 1e-30 else 1.0  # powers of two scale exactly: same codes
+            self.quantized_vector = torch.round(x * s * (self.alpha / s)).to(torch.int8)
             return self.quantized_vector
-        absmean = x.abs().mean().item()
+        absmean = x.abs().mean(dtype=torch.float64).item()
         self.alpha = 1.0 / absmean if absmean > 0 else 1.0
         if self.quantization_format == "1.58bit":
             codes = (x > absmean).to(torch.int8) - (x < -absmean).to(torch.int8)
@@ -134,10 +147,10 @@ class QuantizedVector:
             raise ValueError(f"Unsupported dequantization format: {self.quantization_format}")
         # BEGIN SOLUTION (Exercise 1)
         # TODO: 'fp16': the half values as float32.
-        # TODO: 'int8': codes / alpha as float32.
+        # TODO: 'int8': codes / alpha as float32 (divide in float64: alpha may exceed float32).
         if self.quantization_format == "fp16":
             return self.quantized_vector.float()
-        return self.quantized_vector.float() / self.alpha
+        return (self.quantized_vector.double() / self.alpha).float()
         # END SOLUTION
 
     def get_quantized(self) -> torch.Tensor:
@@ -149,12 +162,64 @@ class QuantizedVector:
 # Exercise 1b: LLM.int8() mixed-precision matrix multiplication
 # ---------------------------------------------------------------------------
 
-def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact int8 x int8 matrix product with int32 accumulation.
+INT8_PATHS = ("int_mm", "fp32")
+_int8_path: dict[str, str] = {}  # 'forced' (set_int8_matmul_path, LAB_INT8_PATH) and 'cpu' (decided once)
 
-    On CUDA, `torch._int_mm` when its shape rules hold (M > 16; K and N
-    multiples of 8). Elsewhere, float32 GEMMs over K-chunks of at most 1024,
-    summed in int32: CPU `torch._int_mm` is about 20x slower than fp32 BLAS.
+
+def set_int8_matmul_path(path: str | None) -> None:
+    """Force `int8_matmul` onto 'int_mm' or 'fp32' on every device, as LAB_INT8_PATH does; None decides again."""
+    if path is not None and path not in INT8_PATHS:
+        raise ValueError(f"path must be one of {INT8_PATHS} or None, got {path!r}")
+    _int8_path.clear()
+    _int8_path.update({"forced": path} if path else {})
+
+
+def int8_matmul_path(device: str | torch.device = "cpu") -> str:
+    """The path `int8_matmul` takes on `device`: 'int_mm' (`torch._int_mm`) or 'fp32' (K-chunks).
+
+    Unless forced: 'int_mm' on CUDA; on a CPU, 'int_mm' when torch reports int8 dot-product
+    instructions (AVX-512 VNNI, AMX) or one timed product finds `_int_mm` exact and faster
+    than the fp32 chunks (AVX-VNNI, ARM dotprod), else 'fp32' (`_int_mm` ~20x slower there).
+    """
+    if not _int8_path and os.environ.get("LAB_INT8_PATH"):
+        set_int8_matmul_path(os.environ["LAB_INT8_PATH"])
+    if "forced" in _int8_path or torch.device(device).type == "cuda":
+        return _int8_path.get("forced", "int_mm")
+    if "cpu" not in _int8_path:
+        flags = ("_is_vnni_supported", "_is_amx_tile_supported")
+        fast = any(getattr(torch.cpu, flag, lambda: False)() for flag in flags) or _int_mm_wins()
+        _int8_path["cpu"] = "int_mm" if fast else "fp32"
+    return _int8_path["cpu"]
+
+
+def _int_mm_wins() -> bool:
+    """Is CPU `torch._int_mm` exact on extreme codes and faster than the fp32 chunks (best of 3)?"""
+    a = torch.randint(-128, 128, (128, 1024), dtype=torch.int8, generator=torch.Generator().manual_seed(0))
+    a[0], a[1] = 127, -128  # int8 kernels that add pairs in int16 (no VNNI) saturate on these
+    times = {path: math.inf for path in INT8_PATHS}
+    for path in INT8_PATHS * 3:
+        start = time.perf_counter()
+        out = torch._int_mm(a, a[:64].t()) if path == "int_mm" else _fp32_chunk_matmul(a, a[:64].t())
+        times[path] = min(times[path], time.perf_counter() - start)
+        if path == "int_mm" and not torch.equal(out, _fp32_chunk_matmul(a, a[:64].t())):
+            return False
+    return times["int_mm"] < times["fp32"]
+
+
+def _fp32_chunk_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a32, b32, step = a.float(), b.float(), _EXACT_FP32_CHUNK
+    out = torch.mm(a32[:, :step], b32[:step]).to(torch.int32)
+    for k0 in range(step, a.shape[1], step):
+        out += torch.mm(a32[:, k0:k0 + step], b32[k0:k0 + step]).to(torch.int32)
+    return out
+
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact int8 x int8 matrix product with int32 accumulation, on the path `int8_matmul_path` names.
+
+    'int_mm': `torch._int_mm` (on CUDA only when M > 16 and K, N are multiples of 8) with b
+    column-major, the layout cuBLASLt and oneDNN's VNNI kernels want; its int32 sums are
+    exact while K * 2**14 < 2**31. 'fp32': float32 GEMMs over K-chunks of at most 1024.
 
     Why the fp32 chunks are exact: every product |a_ik * b_kj| <= 128 * 128 = 2**14,
     and whatever order, blocking or FMA the BLAS uses, every intermediate of a
@@ -166,8 +231,8 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     is exact while K * 2**14 < 2**31.
 
     Args:
-        a: int8 tensor (M, K).
-        b: int8 tensor (K, N), any strides.
+        a: int8 tensor (M, K), any strides.
+        b: int8 tensor (K, N), any strides (column-major is fastest).
 
     Returns:
         int32 tensor (M, N), equal to the integer product.
@@ -186,15 +251,9 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     n = b.shape[1]
     if k > _MAX_INT8_K:
         raise ValueError(f"K={k} could overflow the int32 accumulator (at most {_MAX_INT8_K})")
-    if a.is_cuda and m > 16 and k % 8 == 0 and n % 8 == 0:
-        # cuBLASLt's int8 GEMM is several times faster with b column-major (seen on an H100).
+    if int8_matmul_path(a.device) == "int_mm" and (not a.is_cuda or (m > 16 and k % 8 == 0 and n % 8 == 0)):
         return torch._int_mm(a, b if b.stride(0) == 1 else b.t().contiguous().t())
-    a32, b32 = a.float(), b.float()
-    step = _EXACT_FP32_CHUNK
-    out = torch.mm(a32[:, :step], b32[:step]).to(torch.int32)
-    for k0 in range(step, k, step):
-        out += torch.mm(a32[:, k0:k0 + step], b32[k0:k0 + step]).to(torch.int32)
-    return out
+    return _fp32_chunk_matmul(a, b)
 
 
 def absmax_quantize(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,25 +262,37 @@ def absmax_quantize(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tens
     The `QuantizedVector` int8 rule applied to every row (`dim=1`) or column
     (`dim=0`) at once: `codes = round(x * alpha)` with `alpha = 127 / absmax`
     computed first (the same float32 rounding as `QuantizedVector`). A slice of
-    zeros gets absmax 0 and codes 0.
+    zeros gets absmax 0 and codes 0. Where `127 / absmax` overflows (absmax < 3.7e-37),
+    x and absmax are first scaled by 2**64 (exact), so tiny slices get the right codes too.
 
     Args:
-        x: floating tensor, e.g. (M, K).
+        x: floating tensor, e.g. (M, K), within float32's range.
         dim: the dimension reduced by the max: 1 gives one scale per row, 0 per column.
 
     Returns:
         codes: int8 tensor, shape of `x`, values in [-127, 127].
         absmax: float32 tensor, shape of `x` with `dim` of size 1 (e.g. (M, 1) for dim=1).
+
+    Raises:
+        ValueError: a float64 `x` with values beyond float32's range.
     """
+    if x.dtype == torch.float64 and x.numel() and x.abs().max() > torch.finfo(torch.float32).max:
+        raise ValueError("x has values beyond float32's range (3.4e38): they would quantize to inf")
+    x = x.float()
     # BEGIN SOLUTION (Exercise 1)
     # TODO: absmax = max |x| along dim, in float32, keeping the dimension.
     # TODO: alpha = 127 / absmax where absmax > 0, else 1 (as in QuantizedVector).
+    # TODO: where alpha overflows to inf (absmax < 127 / 3.4e38), multiply those slices of x
+    #       and their absmax by 2**64 first (exact) and compute alpha from the scaled absmax.
     # TODO: codes = round(x * alpha) as torch.int8.
-    x = x.float()
     absmax = x.abs().amax(dim=dim, keepdim=True)
     # A true float32 division, rounded once like QuantizedVector's: `127.0 / absmax`
     # runs as 127 * reciprocal(absmax), which is off by an ulp for about 1 scale in 4.
     alpha = torch.where(absmax > 0, torch.full_like(absmax, 127.0) / absmax, 1.0)
+    tiny = alpha.isinf()
+    if tiny.any():  # a power-of-two scale changes no digit of x, only its exponent
+        x = torch.where(tiny, x * 2.0**64, x)
+        alpha = torch.where(tiny, torch.full_like(absmax, 127.0) / (absmax * 2.0**64), alpha)
     codes = torch.mul(x, alpha).round_().to(torch.int8)
     # END SOLUTION
     return codes, absmax
@@ -299,14 +370,18 @@ def mixed_precision_forward(
         return x.new_zeros(*input.shape[:-1], weight.shape[1])
     limit = math.inf if threshold is None else float(threshold)
     # BEGIN SOLUTION (Exercise 1)
-    # TODO: outliers = indices of the columns where any |x| >= limit.
+    # TODO: outliers = indices of the columns where any |x| >= limit (none for threshold None);
+    #       where a NaN makes a column's max NaN, take the max of its other values.
     # TODO: quantize x row-wise with absmax_quantize after zeroing its outlier columns.
     # TODO: without weight_scale, quantize the weight column-wise after zeroing its
     #       outlier rows; with weight_scale, weight already holds the codes (cw = weight_scale).
     # TODO: int8_matmul the codes, then scale by outer(cx, cw) / 127**2.
     # TODO: add the fp16 part: outlier columns of x times outlier rows of the weight
     #       (dequantized codes * cw / 127 when pre-quantized), both rounded with .half().
-    outliers = (x.abs().amax(dim=0) >= limit).nonzero().squeeze(1)  # outlier column indices
+    column_max = x.abs().amax(dim=0) if threshold is not None else x.new_zeros(x.shape[1])
+    if column_max.isnan().any():  # a NaN must not hide the other rows' outliers in its column
+        column_max = x.abs().nan_to_num_(nan=0.0).amax(dim=0)
+    outliers = (column_max >= limit).nonzero().squeeze(1)  # outlier column indices
     has_outliers = outliers.numel() > 0
     # The int8 part sees the outlier features as zeros (no copy when there are none).
     x_int = x.index_fill(1, outliers, 0.0) if has_outliers else x

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantization import INT8_PATHS, int8_matmul_path, set_int8_matmul_path
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 
@@ -42,6 +44,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=None, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls before timing")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the CSV and markdown files")
+    parser.add_argument("--int8-path", choices=("auto", *INT8_PATHS), default="auto",
+                        help="force quantization.int8_matmul's path (default auto: the fastest exact one "
+                             "here); fp32 shows a CPU without int8 dot-product instructions")
     return parser
 
 
@@ -69,6 +74,8 @@ def setup(args: argparse.Namespace) -> torch.device:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    path = getattr(args, "int8_path", "auto")
+    set_int8_matmul_path(None if path == "auto" else path)
     return resolve_device(args.device)
 
 
@@ -97,11 +104,27 @@ def environment(device: torch.device) -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "torch threads": str(torch.get_num_threads()),
         "cpu capability": torch.backends.cpu.get_cpu_capability(),
+        "int8 dot-product instructions": int8_instructions(),
+        "int8_matmul path": int8_matmul_path(device),
         "device": str(device),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def int8_instructions() -> str:
+    """The CPU int8 dot-product instruction sets torch reports ('none' on an AVX2 CPU without VNNI)."""
+    flags = {"AVX-512 VNNI": "_is_vnni_supported", "AMX": "_is_amx_tile_supported"}
+    found = [name for name, flag in flags.items() if getattr(torch.cpu, flag, lambda: False)()]
+    return ", ".join(found) or "none"
+
+
+def machine_class(device: torch.device) -> str:
+    """One line naming what produced a table: CPU capability, int8 instructions and int8_matmul path."""
+    line = (f"machine: cpu capability {torch.backends.cpu.get_cpu_capability()}, int8 dot-product "
+            f"instructions: {int8_instructions()}, int8_matmul path: {int8_matmul_path(device)}")
+    return line + (f", gpu {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
 
 
 def header(title: str, device: torch.device, args: argparse.Namespace) -> str:
@@ -228,9 +251,15 @@ class Table:
         return path
 
 
-def report(script: str, head: str, tables: Sequence[Table], folder: Path) -> list[Path]:
-    """Print the header and tables, write each table's CSV and the script's markdown file."""
+def report(script: str, head: str, tables: Sequence[Table], folder: Path,
+           device: torch.device = torch.device("cpu")) -> list[Path]:
+    """Print the header and tables, write each table's CSV and the script's markdown file.
+
+    Every table gets a last note naming the machine class and int8 path (`machine_class`).
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    for table in tables:
+        table.notes.append(machine_class(device))
     text = head + "\n\n" + "\n".join(table.markdown() for table in tables)
     print(text, flush=True)
     markdown = folder / f"bench_{script}.md"

@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
                  runs=args.runs or 1, warmup=args.warmup if args.warmup is not None else 1)
     tables[0].notes.append(f"texts: load_texts('test', source={source!r}) "
                            f"({'WikiText-2' if source == 'auto' else 'the shipped corpus, offline'}).")
-    report("evaluation_throughput", header("Evaluation throughput", device, args), tables, args.out)
+    report("evaluation_throughput", header("Evaluation throughput", device, args), tables, args.out, device)
     return tables
 
 

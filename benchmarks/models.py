@@ -285,7 +285,7 @@ def run(device: torch.device, *, config=None, batch: int = 8, seq: int = 128, ru
         "(compute dtype float32 for 4-bit); bnb skips no encoder layer.",
         "the sparse state dict row sizes pruning.to_sparse_state_dict (values + bitmask), not a model in memory.",
     ]
-    targets = Table("models_targets", "Model-level targets (issue 6)", TARGET_COLUMNS)
+    targets = Table("models_targets", "Model-level targets (issues 6 and 10)", TARGET_COLUMNS)
     int8 = speedups["lab quantize_model int8"]
     checks = [
         ("quantize_model int8 latency / fp32", 1 / int8, 1.2, True),
@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
     tables = run(device, config=config, batch=args.batch, seq=args.seq,
                  runs=args.runs or (3 if args.quick else 5),
                  warmup=args.warmup if args.warmup is not None else 1)
-    report("models", header("Model benchmark: BERT-base-shaped encoder", device, args), tables, args.out)
+    report("models", header("Model benchmark: BERT-base-shaped encoder", device, args), tables, args.out, device)
     return tables
 
 

@@ -2,13 +2,15 @@
 
 Each script runs in its own process, so one's memory and allocator state do not touch the
 next one's timings, and a failing script does not stop the others (the exit status is then 1).
-Options are passed through to every script: --quick, --device, --threads, --out.
+Options are passed through to every script: --quick, --device, --threads, --out, --int8-path.
+At the end it prints every target checked in this run, met or missed, and the machine class.
 
 Run: `python benchmarks/run_all.py [--quick] [--device cpu|cuda] [--threads N] [--out DIR]`.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import subprocess
 import sys
 import time
@@ -18,8 +20,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lab modules and `benchmarks` live there
 
 from benchmarks.common import RESULTS
+from quantization import INT8_PATHS
 
-SCRIPTS = ("kernel", "models", "evaluation_throughput")
+SCRIPTS = ("kernel", "models", "evaluation_throughput", "calibration")
+
+
+def print_targets(folder: Path, scripts: Sequence[str]) -> None:
+    """Every target row (results/bench_<script>_targets.csv) of the scripts run, with its verdict."""
+    for script in scripts:
+        path = folder / f"bench_{script}_targets.csv"
+        if not path.exists():
+            continue
+        rows = list(csv.DictReader(path.open()))
+        met = sum(row["verdict"] == "PASS" for row in rows)
+        print(f"\ntargets of {script}: {met} met, {len(rows) - met} missed")
+        for row in rows:
+            where = " ".join(f"{key}={row[key]}" for key in ("shape", "rows", "outlier_cols") if key in row)
+            print(f"  {'met   ' if row['verdict'] == 'PASS' else 'MISSED'} {row['target']} {where}: "
+                  f"{float(row['measured']):.3g} (limit {float(row['limit']):.3g})")
+    machine = next((line for script in scripts if (folder / f"bench_{script}.md").exists()
+                    for line in (folder / f"bench_{script}.md").read_text().splitlines()
+                    if line.startswith("- machine: ")), None)
+    if machine:
+        print(machine.removeprefix("- "))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,11 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of every script (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the CSV and markdown files")
     parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=SCRIPTS, help="run these scripts only")
+    parser.add_argument("--int8-path", choices=("auto", *INT8_PATHS), default="auto",
+                        help="force quantization.int8_matmul's path in every script (default: auto)")
     args = parser.parse_args(argv)
 
     passed = ["--device", args.device, "--out", str(args.out)] + (["--quick"] if args.quick else [])
     if args.threads is not None:
         passed += ["--threads", str(args.threads)]
+    passed += ["--int8-path", args.int8_path]
     folder = Path(__file__).resolve().parent
     failed, sections, start = [], [], time.perf_counter()
     for script in args.only:
@@ -54,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_all.md").write_text("\n\n".join(sections) + f"\n\n{summary}\n")
     print(f"\n{summary}; tables in {args.out}/bench_*.md and .csv")
+    print_targets(args.out, [script for script in args.only if script not in failed])
     return 1 if failed else 0
 
 

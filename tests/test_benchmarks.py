@@ -10,7 +10,7 @@ import torch
 
 from benchmarks import common, kernel
 from benchmarks.naive_reference import naive_mixed_precision_forward
-from quantization import mixed_precision_forward
+from quantization import int8_matmul_path, mixed_precision_forward
 
 CPU = torch.device("cpu")
 
@@ -38,6 +38,7 @@ def test_report_writes_csv_and_markdown(tmp_path):
     table.add(name="x", value=0.5)
     paths = common.report("unit_script", "# head", [table], tmp_path)
     assert [p.name for p in paths] == ["bench_unit.csv", "bench_unit_script.md"]
+    assert table.notes[-1].startswith("machine: cpu capability") and "int8_matmul path" in table.notes[-1]
     assert (tmp_path / "bench_unit.csv").read_text().splitlines() == ["name,value", "x,0.5"]
     assert "| x | 0.5 |" in (tmp_path / "bench_unit_script.md").read_text()
 
@@ -84,7 +85,7 @@ def test_kernel_tables_have_every_method_and_configuration():
     results, targets, naive = tables
     assert [t.name for t in tables] == ["kernel", "kernel_targets", "kernel_naive"]
     methods = ["torch.matmul fp32", "lab mixed_precision_forward (t=6)", "lab QuantizedLinear int8 (t=6)",
-               "bnb Linear8bitLt (t=6)", "torch quantize_dynamic int8"]
+               "lab QuantizedLinear int8 (pure)", "bnb Linear8bitLt (t=6)", "torch quantize_dynamic int8"]
     assert [row["method"] for row in results.rows] == methods * 8
     assert {(r["shape"], r["rows"], r["outlier_cols"]) for r in results.rows} == {
         (shape, rows, cols) for shape, k in (("32x64", 32), ("64x32", 64)) for rows in (8, 16)
@@ -94,8 +95,9 @@ def test_kernel_tables_have_every_method_and_configuration():
     assert all(row["ratio_to_fp32"] == 1.0 and row["rel_error"] == 0.0 for row in fp32)
     # int8 with one scale per row and column: error of a few quantization steps, not garbage.
     assert all(0 < row["rel_error"] < 0.1 for row in results.rows if row["method"] != "torch.matmul fp32")
-    # For both lab kernels: 0 outliers, fp32 and bnb targets; 5% outliers (beyond the 1%), bnb only.
-    assert len(targets.rows) == 2 * (4 * 2 + 4 * 1) and {row["verdict"] for row in targets.rows} <= {"PASS", "MISS"}
+    # On either int8 path: 0 outliers, two fp32 targets and the bnb one; 5% outliers (beyond the 1%), bnb only.
+    assert len(targets.rows) == 4 * (2 + 1) + 4 * 1 and {row["verdict"] for row in targets.rows} <= {"PASS", "MISS"}
+    assert targets.title.endswith(f"int8_matmul path {int8_matmul_path()}")
     assert [(r["rows"], r["source"]) for r in naive.rows] == [(8, "extrapolated"), (16, "extrapolated")] * 2
     assert finite(naive, ("naive_ms", "vectorised_ms", "speedup", "max_abs_diff"))
     assert all(row["max_abs_diff"] < 1e-4 for row in naive.rows)
@@ -134,7 +136,7 @@ def test_models_table_has_every_variant_and_sizes_follow_the_storage_rules():
 
 def test_evaluation_throughput_counts_the_same_tokens_for_both_loops():
     from benchmarks import evaluation_throughput
-    from evaluation import load_texts, tiny_model
+    from toolkit.evaluation import load_texts, tiny_model
 
     model, tokenizer = tiny_model("masked", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
     texts = evaluation_throughput.fitting_texts(tokenizer, load_texts("test", source="local"), 64, 6)

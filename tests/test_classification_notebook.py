@@ -5,7 +5,7 @@ BERT built offline, a synthetic intent task the notebook generates) into a tempo
 RESULTS_DIR, and checks the table it writes: one row per variant, finite numbers, and a
 dynamically quantized student that is really smaller than the float one. The static tests
 check the notebook's source: one parameter cell with the hub defaults, no stored outputs,
-the lab modules called rather than redefined or worked around. (That the student release
+the lab and toolkit modules called rather than redefined or worked around. (That the student release
 blanks the answer cells is checked for every shipped notebook by tests/test_tooling.py.)
 """
 import ast
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_source import LAB_MODULES, ROOT, code_sources, defined_names, lab_names
+from notebook_source import NOTEBOOK_MODULES, ROOT, check_run, code_sources, defined_names, lab_names
 
 NOTEBOOK = ROOT / "distillation_classification.ipynb"
 RUNNER = ROOT / "tools" / "run_notebook.py"
@@ -58,7 +58,7 @@ def test_notebook_calls_the_lab_modules_and_redefines_none_of_their_names():
     assert not clashes, f"the notebook redefines lab functions (call them instead): {clashes}"
     trees = [ast.parse(source) for source in code_sources(NOTEBOOK)]
     imported = {alias.name for tree in trees for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and node.module in LAB_MODULES for alias in node.names}
+                if isinstance(node, ast.ImportFrom) and node.module in NOTEBOOK_MODULES for alias in node.names}
     assert {"DistillationTrainer", "make_student", "load_model", "accuracy", "compare", "parameter_count",
             "plot_comparison", "save_rows"} <= imported
 
@@ -83,7 +83,7 @@ def smoke_run(tmp_path_factory):
     completed = subprocess.run(
         [sys.executable, str(RUNNER), str(NOTEBOOK), "--smoke", "--results-dir", str(results), "--timeout", "300"],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert completed.returncode == 0, completed.stderr[-5000:]
+    check_run(completed)
     return results
 
 

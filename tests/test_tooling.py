@@ -3,9 +3,11 @@
 Unit tests work on small synthetic sources, notebooks, repositories and a mini test
 project graded in a subprocess. The integration tests at the end build and grade
 the real lab: the solution (full marks), the student release (zero, every graded
-test failing with its own exercise's NotImplementedError) and a partially solved
+test failing with its own exercise's NotImplementedError, every ungraded test that
+needs an exercise skipped, naming it; three short lab files) and a partially solved
 release (exactly the points of its solved exercises).
 """
+import ast
 import json
 import os
 import re
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from notebook_source import LAB_MODULES, NOTEBOOK_MODULES, module_path
 from tools.grading import Exercise
 from tools.make_student import (
     INSTRUCTOR_ONLY,
@@ -536,10 +539,82 @@ def test_exercise_option_runs_one_exercise_and_its_exit_status_says_whether_it_p
     assert failing.returncode == 1 and "1 failed, 2 passed, 3 deselected" in failing.stdout
 
 
-def test_without_grade_the_plugin_changes_nothing(tmp_path):
+def test_without_grade_graded_tests_run_as_usual(tmp_path):
     process, results = grade_mini(tmp_path)
     assert results is None and "grading" not in process.stdout
+    # test_three's fixture raises an exercise's NotImplementedError: a graded test errors, it is never skipped.
     assert "4 passed, 1 skipped, 1 error in" in process.stdout
+
+
+WAITING_TESTS = dedent('''
+    import pytest
+
+    def unsolved():
+        raise NotImplementedError("Exercise 2: forward")
+
+    @pytest.fixture(scope="module")
+    def needs_one():
+        raise NotImplementedError("Exercise 1")
+
+    def test_calls_an_unsolved_exercise():
+        unsolved()
+
+    def test_fixture_needs_an_unsolved_exercise(needs_one):
+        pass
+
+    class CellExecutionError(Exception):
+        """As nbclient names it."""
+
+    def test_notebook_cell_stopped_on_an_exercise():
+        raise CellExecutionError("An error occurred while executing the following cell:\\n"
+                                 "\\x1b[0;31mNotImplementedError\\x1b[0m: Exercise 3: distill_model")
+
+    def test_assertion_quoting_an_unsolved_exercise():
+        assert False, "the run printed NotImplementedError: Exercise 3: distill_model"
+
+    def test_error_raised_while_handling_an_unsolved_exercise():
+        try:
+            unsolved()
+        except NotImplementedError as error:
+            raise ValueError("could not build the model") from error
+
+    def test_other_not_implemented_error():
+        raise NotImplementedError("not an exercise")
+
+    def test_plain_failure():
+        assert 1 == 2
+
+    @pytest.mark.exercise(2)
+    def test_graded():
+        unsolved()
+
+    @pytest.mark.exercise(1)
+    def test_graded_fixture(needs_one):
+        pass
+''')
+
+
+def test_ungraded_tests_waiting_for_an_exercise_are_skipped_naming_it(tmp_path):
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_waiting.py").write_text(WAITING_TESTS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "COLUMNS": "300"}  # summary lines in full
+    process = subprocess.run([sys.executable, "-m", "pytest", "-p", "tools.grading", "-p", "no:cacheprovider",
+                              "-q", "-rfEs"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    summary = sorted(line for line in process.stdout.splitlines() if line.startswith(("SKIPPED", "FAILED", "ERROR")))
+    assert summary == sorted([
+        "ERROR test_waiting.py::test_graded_fixture - NotImplementedError: Exercise 1",
+        "FAILED test_waiting.py::test_graded - NotImplementedError: Exercise 2: forward",
+        "FAILED test_waiting.py::test_assertion_quoting_an_unsolved_exercise - AssertionError: the run printed "
+        "NotImplementedError: Exercise 3: distill_model",
+        "FAILED test_waiting.py::test_other_not_implemented_error - NotImplementedError: not an exercise",
+        "FAILED test_waiting.py::test_plain_failure - assert 1 == 2",
+        "SKIPPED [1] test_waiting.py:10: needs Exercise 2 (forward), not solved yet",  # at each test's def
+        "SKIPPED [1] test_waiting.py:13: needs Exercise 1, not solved yet",
+        "SKIPPED [1] test_waiting.py:19: needs Exercise 3 (distill_model), not solved yet",
+        "SKIPPED [1] test_waiting.py:26: needs Exercise 2 (forward), not solved yet",
+    ]), process.stdout
+    assert "4 failed, 4 skipped, 1 error in" in process.stdout
 
 
 @pytest.mark.parametrize("args, kwargs, message", [
@@ -567,11 +642,18 @@ def test_bad_exercise_marker_is_a_usage_error_naming_the_test(tmp_path):
 
 # --------------------------------------------------------------------------- the real lab
 
-LAB_MODULES = ("quantization", "pruning", "distillation", "evaluation")
-EXERCISE_FUNCTIONS = {1: "QuantizedVector.", 2: "mixed_precision_forward", 3: "apply_weight_pruning",
-                      4: "compute_distillation_loss", 5: "distill_model"}
-PARTIAL = (1, 3, 4)
-missing = [name for name in LAB_MODULES if not (ROOT / f"{name}.py").exists()]
+# The course statement's exercises: 1-3 autograded (the functions each strips, points), 4 the notebooks'
+# analysis answers (markdown regions, graded by hand).
+EXERCISE_FUNCTIONS = {1: ("QuantizedVector.quantize", "QuantizedVector.dequantize", "absmax_quantize",
+                          "mixed_precision_forward"),
+                      2: ("apply_weight_pruning",),
+                      3: ("compute_distillation_loss", "distillation_objective", "distill_model")}
+POINTS = {1: 28, 2: 20, 3: 19}
+ANSWERS = 4
+NOTEBOOKS = ("model_compression_and_pruning.ipynb", "distillation_classification.ipynb")
+PARTIAL = (1, 3)
+MAX_LAB_LINES = 360  # "a few hundred lines at most, readable in one sitting"
+missing = [name for name in LAB_MODULES if not module_path(name).exists()]
 lab = pytest.mark.skipif(bool(missing), reason=f"lab modules not written yet: {', '.join(missing)}")
 
 
@@ -603,10 +685,13 @@ def release(tmp_path_factory):
 
 @lab
 def test_solution_gets_full_marks_on_every_exercise(solution):
-    assert {exercise_number(test) for test in solution["tests"]} == set(EXERCISE_FUNCTIONS)
+    points = {}
+    for test in solution["tests"]:
+        points[exercise_number(test)] = points.get(exercise_number(test), 0) + test["max_score"]
+    assert points == POINTS
     failed = [(test["name"], test["output"]) for test in solution["tests"] if test["score"] != test["max_score"]]
     assert failed == []
-    assert solution["score"] == solution["max_score"] > 0
+    assert solution["score"] == solution["max_score"] == sum(POINTS.values())
 
 
 @lab
@@ -618,6 +703,7 @@ def test_classroom_autograding_runs_each_exercise_for_its_points(solution):
             visible[exercise_number(test)] = visible.get(exercise_number(test), 0) + test["max_score"]
     assert [(entry["run"], entry["points"]) for entry in config["tests"]] == [
         (f"python -m pytest --exercise {number} -q", points) for number, points in sorted(visible.items())]
+    assert [entry["name"].split(":")[0] for entry in config["tests"]] == [f"Exercise {n}" for n in sorted(visible)]
 
 
 @lab
@@ -625,9 +711,12 @@ def test_student_release_strips_every_exercise_and_nothing_else(release):
     out, summary = release
     functions = {}
     for region in summary.regions:
-        functions.setdefault(region.exercise, []).append(region.function or "")
-    for number, name in EXERCISE_FUNCTIONS.items():  # each exercise strips (at least) its named function
-        assert any(function.startswith(name) for function in functions.get(number, [])), (number, functions)
+        functions.setdefault(region.exercise, set()).add(region.function)
+    for number, names in EXERCISE_FUNCTIONS.items():  # each exercise strips (at least) its functions
+        assert set(names) <= functions.get(number, set()), (number, functions)
+    # The analysis answers: numbered Exercise 4, in both notebooks, nothing unnumbered left.
+    assert {region.path for region in summary.regions if region.exercise == ANSWERS} == set(NOTEBOOKS)
+    assert all(region.exercise is not None for region in summary.regions)
     assert not any((out / name).exists() for name in INSTRUCTOR_ONLY)
     assert {"tools/grading.py", "tests/conftest.py", "pytest.ini"} <= set(summary.files)
     changed = {region.path for region in summary.regions} | {name.split("::")[0] for name in summary.hidden_tests}
@@ -639,9 +728,24 @@ def test_student_release_strips_every_exercise_and_nothing_else(release):
 
 
 @lab
+def test_student_files_are_short_and_import_only_libraries(release):
+    out, _ = release
+    lengths = {name: len((out / f"{name}.py").read_text().splitlines()) for name in LAB_MODULES}
+    assert all(length <= MAX_LAB_LINES for length in lengths.values()), lengths
+    ours = {path.stem for path in ROOT.glob("*.py")} | {path.name for path in ROOT.iterdir() if path.is_dir()}
+    for name in LAB_MODULES:
+        tree = ast.parse((out / f"{name}.py").read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        assert not imported & ours, (name, imported & ours)
+
+
+@lab
 def test_student_release_imports_collects_and_grades_zero_for_the_right_reason(release, solution, tmp_path):
     out, _ = release
-    imported = run(["-c", f"import {', '.join(LAB_MODULES)}"], out)
+    imported = run(["-c", f"import {', '.join(NOTEBOOK_MODULES)}"], out)
     assert imported.returncode == 0, imported.stderr
     results = grade(out, tmp_path / "grading.json")
     # The grader collects the whole suite: a module that failed to collect would be listed and its tests missing.
@@ -654,10 +758,64 @@ def test_student_release_imports_collects_and_grades_zero_for_the_right_reason(r
     assert wrong == []
 
 
+# A plugin for the release's own `pytest` run: every test's outcome, phase, exercise marker and message.
+OUTCOMES_PLUGIN = dedent('''
+    import json
+    import os
+
+    import pytest
+
+    OUTCOMES = []
+
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(item, call):
+        report = yield
+        if report.when == "call" or not report.passed:
+            marker = item.get_closest_marker("exercise")
+            message = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longreprtext
+            OUTCOMES.append({"nodeid": item.nodeid, "when": report.when, "outcome": report.outcome,
+                             "exercise": marker.args[0] if marker else None, "message": message})
+        return report
+
+
+    def pytest_sessionfinish(session):
+        with open(os.environ["OUTCOMES_FILE"], "w") as file:
+            json.dump(OUTCOMES, file)
+''')
+
+
+@lab
+def test_student_release_test_suite_fails_only_graded_tests_and_skips_what_waits_for_an_exercise(release, tmp_path):
+    out, _ = release
+    (tmp_path / "outcomes_plugin.py").write_text(OUTCOMES_PLUGIN)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OUTCOMES_FILE": str(tmp_path / "out.json"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "outcomes_plugin"],
+                             cwd=out, env=env, capture_output=True, text=True)
+    tail = process.stdout[-3000:]
+    outcomes = json.loads((tmp_path / "out.json").read_text())
+    assert "error" not in process.stdout.splitlines()[-1], tail  # nothing errors: no collection or setup errors
+    problems = [o for o in outcomes if o["outcome"] == "failed"]
+    # Every failure is a graded test, stopped by its own exercise's NotImplementedError.
+    assert [(o["nodeid"], o["when"]) for o in problems if o["exercise"] is None or o["when"] != "call"] == [], tail
+    assert [o["nodeid"] for o in problems
+            if f"NotImplementedError: Exercise {o['exercise']}: " not in o["message"]] == [], tail
+    assert {o["exercise"] for o in problems} == set(EXERCISE_FUNCTIONS)
+    # Ungraded tests that need an unsolved exercise wait for it, naming it.
+    waiting = [o for o in outcomes if o["outcome"] == "skipped" and "needs Exercise" in o["message"]]
+    assert {int(re.match(r"Skipped: needs Exercise (\d+)", o["message"]).group(1)) for o in waiting} == set(
+        EXERCISE_FUNCTIONS), tail
+    assert all(o["exercise"] is None for o in waiting)
+    assert all(re.fullmatch(r"Skipped: needs Exercise \d+( \([\w.]+\))?, not solved yet", o["message"])
+               for o in waiting)
+
+
 @lab
 def test_partially_solved_release_gets_exactly_the_points_of_its_solved_exercises(tmp_path):
     out = tmp_path / "student"
-    build_student_release(ROOT, out, keep_exercises=PARTIAL)
+    summary = build_student_release(ROOT, out, keep_exercises=PARTIAL)
+    assert {region.exercise for region in summary.regions if region.kept} == set(PARTIAL)
     results = grade(out, tmp_path / "grading.json")
     for test in results["tests"]:
         if exercise_number(test) in PARTIAL:
@@ -665,4 +823,5 @@ def test_partially_solved_release_gets_exactly_the_points_of_its_solved_exercise
         else:
             assert test["score"] == 0 and f"Exercise {exercise_number(test)}: " in test["output"], test
     expected = sum(test["max_score"] for test in results["tests"] if exercise_number(test) in PARTIAL)
+    assert expected == sum(POINTS[number] for number in PARTIAL)
     assert results["score"] == pytest.approx(expected, abs=1e-9) and 0 < expected < results["max_score"]

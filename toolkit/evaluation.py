@@ -22,6 +22,11 @@ Every compressed variant of a model is measured the same way:
 It does not compress or distil models (quantization.py, pruning.py and
 distillation.py do), and it prints nothing but optional progress bars: results are
 returned. Sizes are in MB of 2**20 bytes throughout.
+
+Guarantees: `parameter_count` is the same before and after quantization (`quantize_model`,
+`quantize_dynamic`, bitsandbytes). `perplexity` and `pseudo_perplexity` never score beyond the
+model's positions (a larger `max_length` raises ValueError) and never score only the special
+tokens the tokenizer adds (texts with no token to score raise ValueError).
 """
 from __future__ import annotations
 
@@ -65,6 +70,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
+
+from toolkit.layers import QuantizedLinear
 
 MB = 2**20
 KINDS = ("masked", "causal")  # the language models that `perplexity` scores
@@ -383,6 +390,14 @@ def _check_room(tokenizer, max_length: int) -> None:
         raise ValueError(f"max_length={max_length} leaves no room for tokens besides the special tokens")
 
 
+def _check_positions(model: nn.Module, max_length: int) -> None:
+    """Refuse chunks or windows longer than the model's positions (`config.max_position_embeddings`)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise ValueError(f"max_length={max_length} exceeds the model's {limit} positions "
+                         f"(config.max_position_embeddings): pass max_length <= {limit}")
+
+
 def _joined_ids(tokenizer, texts: list[str]) -> torch.Tensor:
     """The texts joined with blank lines, tokenized as one sequence: (n,) int64."""
     return tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False)["input_ids"][0]
@@ -583,11 +598,18 @@ def perplexity(
 
     Returns:
         The perplexity (1.0 for a model that puts all its mass on the right tokens).
+
+    Raises:
+        ValueError: bad arguments; `max_length` beyond the model's positions
+            (`config.max_position_embeddings`: refused, not capped, so that the masks and
+            windows never depend on the model); texts with no token to score (e.g. only
+            whitespace: the special tokens the tokenizer adds are never all there is to score).
     """
     texts = _check_texts(texts)
     _check_kind(kind)
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("max_length", max_length)
+    _check_positions(model, max_length)
     if (kind or model_kind(model)) == "masked":
         inputs = masked_lm_inputs(tokenizer, texts, max_length=max_length, mask_prob=mask_prob, seed=seed,
                                   replacement=replacement)
@@ -599,6 +621,10 @@ def perplexity(
         if not isinstance(stride, int) or not 1 <= stride <= max_length:
             raise ValueError(f"stride must be an int in [1, max_length={max_length}], got {stride!r}")
         ids = _joined_ids(tokenizer, texts)
+        # At most the special tokens the tokenizer adds (whitespace-only texts): nothing of the texts.
+        if len(ids) <= tokenizer.num_special_tokens_to_add() and not tokenizer(
+                "\n\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"]:
+            raise ValueError("the texts hold no token to score")
         if len(ids) < 2:
             raise ValueError("the texts hold fewer than two tokens: nothing to predict")
         windows = _causal_windows(ids, max_length, stride)
@@ -637,6 +663,7 @@ def pseudo_perplexity(
     texts = _check_texts(texts)
     _check_positive_int("max_length", max_length)
     _check_positive_int("batch_size", batch_size)
+    _check_positions(model, max_length)
     if tokenizer.mask_token_id is None:
         raise ValueError("the tokenizer has no mask token: pseudo-perplexity needs one")
     encoded = _encode(tokenizer, texts, max_length)
@@ -739,6 +766,8 @@ def _quant_state_tensors(param: torch.Tensor) -> Iterator[torch.Tensor]:
 
     4-bit (Params4bit.quant_state): absmax per block, the 16-value code, and with double
     quantization the quantized absmax's own absmax, code and offset (quant_state.state2).
+    Whatever the state holds now is counted: on CPUs with AVX-512 bf16, bitsandbytes' first
+    forward repacks the weight and replaces these by a bf16 absmax (state2 dropped, offset kept).
     LLM.int8 (Int8Params.SCB): one float32 scale per output row.
     """
     states = [getattr(param, "quant_state", None)]
@@ -833,19 +862,25 @@ def parameter_count(model: nn.Module) -> int:
     Parameters count once even when tied or shared (as in `model_size_mb`), the weights and
     biases packed inside PyTorch's quantized Linear layers count as parameters (see
     `_packed_weights`), and a 4-bit bitsandbytes weight counts the elements of its original
-    shape (`quant_state.shape`), not of its packed uint8 storage. Buffers are not counted.
+    shape (`quant_state.shape`), not of its packed uint8 storage. A `QuantizedLinear`
+    counts the out * in weights and the bias it represents (it stores them as buffers, packed
+    or not). Other buffers are not counted.
 
     Args:
         model: a module.
 
     Returns:
-        The number of weights: the same before and after quantization.
+        The number of weights: the same before and after quantization (`quantize_dynamic`,
+        bitsandbytes, `quantize_model`), unless quantizing unties a tied weight (BERT's MLM
+        decoder with `skip=()`), which then counts twice.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
     unique = {_view_key(t): t for t in list(model.parameters()) + _packed_weights(model)}
-    return sum(t.quant_state.shape.numel() if getattr(t, "quant_state", None) is not None else t.numel()
-               for t in unique.values())
+    stored_as_buffers = sum(m.out_features * m.in_features + (0 if m.bias is None else m.bias.numel())
+                            for m in model.modules() if isinstance(m, QuantizedLinear))
+    return stored_as_buffers + sum(t.quant_state.shape.numel() if getattr(t, "quant_state", None) is not None
+                                   else t.numel() for t in unique.values())
 
 
 def _for_safetensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -5,16 +5,30 @@
   1-bit packed sign), so `state_dict()` holds the real bytes; int8 computes
   through the lab's `mixed_precision_forward`.
 - `quantize_model`: swaps the `nn.Linear` layers of a model for `QuantizedLinear`.
+- 'int4': group-wise asymmetric 4-bit weights (`int4_quantize`), round-to-nearest, or with
+  `quantize_model(..., calibration=batches)` an activation-aware scale and clipping search whose
+  scales are folded into the preceding operation (`toolkit.awq`).
 
 It does not train or fine-tune quantized weights (no straight-through
 estimator), nor quantize activations of the 1.58-bit and 1-bit layers (they are
 weight-only). Sizes are measured by `toolkit.evaluation.model_size_mb`, which
 counts parameters and buffers: honest here because the buffers are the packed codes.
+
+Guarantees:
+- `QuantizedLinear` accepts floating inputs only: integer or bool inputs raise the ValueError
+  of the int8 kernel in every format. Float casts of a module (`.to(dtype)`, `.half()`,
+  `.float()`) keep the storage dtypes (fp16 weight, int8/uint8 codes, scales) bit for bit;
+  only the bias follows, and the compute dtype always follows the input.
+- `quantize_model` leaves the model's forward working: a single string `skip` is one name;
+  a layer registered under several names becomes one quantized layer under all of them;
+  layers whose `.weight` a parent reads directly (`nn.MultiheadAttention.out_proj`, the
+  linears of a batch_first `nn.TransformerEncoderLayer`) stay in float, with the reason in
+  `quantization_report['skip_reasons']`.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -29,6 +43,78 @@ from toolkit.packing import pack_bits, unpack_bits
 
 # Bits per packed code: ternary codes take 2 bits (4 per byte), sign codes 1 (8 per byte).
 _PACKED_BITS = {"1.58bit": 2, "1bit": 1}
+# The formats of QuantizedLinear: the lab's, plus group-wise 4-bit (weight-only, toolkit only).
+LAYER_FORMATS = (*FORMATS, "int4")
+INT4_LEVELS = 15  # codes 0..15
+# The integer dtype of each element size: float storage travels through casts as these (`_apply`).
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _check_group_size(in_features: int, group_size: int) -> None:
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if in_features % group_size:
+        raise ValueError(f"group_size {group_size} does not divide in_features {in_features}: int4 groups run "
+                         f"along the input features, so pick a divisor of {in_features} (e.g. 32, 64 or 128)")
+
+
+def int4_quantize(
+    weight: torch.Tensor, group_size: int = 64, clip_ratio: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group-wise asymmetric 4-bit round-to-nearest quantization along the input features.
+
+    Each row of `weight` is cut into groups of `group_size` consecutive input weights. A group's
+    range [lo, hi] is its [min, max] widened to hold 0 (then shrunk by `clip_ratio`, if given);
+    scale = (hi - lo) / 15 is rounded to float16 *upwards*, zero = round(-lo / scale) in [0, 15],
+    codes = clamp(round(w / scale) + zero, 0, 15), and w ~ (code - zero) * scale. Every weight inside
+    [lo, hi] is thus within scale / 2 of its dequantized value, and 0 is represented exactly.
+
+    Args:
+        weight: float tensor (out_features, in_features).
+        group_size: weights per group; must divide in_features.
+        clip_ratio: optional float tensor (out_features, in_features // group_size) of factors in
+            (0, 1] applied to lo and hi (weights outside the shrunk range are clipped).
+
+    Returns:
+        (codes uint8 (out, in) in [0, 15], scale float16 (out, in // group_size),
+        zero uint8 (out, in // group_size)).
+
+    Raises:
+        ValueError: `weight` is not 2-d, or `group_size` is not a positive divisor of in_features.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-d (out_features, in_features), got shape {tuple(weight.shape)}")
+    out_features, in_features = weight.shape
+    _check_group_size(in_features, group_size)
+    w = weight.detach().float().view(out_features, in_features // group_size, group_size)
+    lo = w.amin(dim=2).clamp(max=0)
+    hi = w.amax(dim=2).clamp(min=0)
+    if clip_ratio is not None:
+        ratio = clip_ratio.float().to(w.device)
+        lo, hi = lo * ratio, hi * ratio
+    exact = (hi - lo) / INT4_LEVELS
+    scale = exact.half()
+    scale = torch.where(scale.float() < exact, torch.nextafter(scale, torch.full_like(scale, math.inf)), scale)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale, codes = zero
+    step = scale.float()
+    zero = (-lo / step).round_().clamp_(0, INT4_LEVELS)
+    codes = (w / step[..., None]).round_().add_(zero[..., None]).clamp_(0, INT4_LEVELS)
+    return codes.view(out_features, in_features).to(torch.uint8), scale, zero.to(torch.uint8)
+
+
+def int4_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(codes - zero) * scale per group: the inverse of `int4_quantize`, as `dtype` (out, in).
+
+    Args:
+        codes: uint8 (out, in) in [0, 15]; scale: float16 (out, groups); zero: uint8 (out, groups).
+        dtype: the floating dtype of the result (the arithmetic is float32, then cast).
+    """
+    out_features, in_features = codes.shape
+    groups = scale.shape[1]
+    grouped = codes.view(out_features, groups, in_features // groups).float()
+    weight = (grouped - zero.float()[..., None]) * scale.float()[..., None]
+    return weight.view(out_features, in_features).to(dtype)
 
 
 def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -64,8 +150,15 @@ class QuantizedLinear(nn.Module):
         '1bit'    codes = sign(w) (zero -> +1), scale = mean|w| of the row.
                   `weight_packed` uint8 (ceil(n / 8),), 8 codes per byte, and
                   `weight_scale` float32 (out,).
+        'int4'    group-wise asymmetric 4-bit (`int4_quantize`), G = in / group_size groups
+                  per row: `weight_packed` uint8 (n / 2,), 2 codes per byte, `weight_scale`
+                  float16 (out, G) and `weight_zero` uint8 (out, G): 4 + 24 / group_size bits
+                  per weight (4.375 at group 64). Weight-only: the codes are dequantized to
+                  the input's dtype on each call (nothing cached) and go through F.linear.
     '1.58bit' and '1bit' are weight-only: `(x @ codes^T) * scale` in the input's dtype.
     `bias` (if any) is a buffer in its original dtype. The output has the input's dtype.
+    Float casts (`.to(dtype)`, `.half()`, `.float()`) keep the storage dtypes above and
+    convert only the bias; the input must be floating point, (..., in_features) (else ValueError).
 
     Build one from a float layer with `from_linear`; the constructor makes an
     empty layer of the right shapes to `load_state_dict` into (give it the same
@@ -73,14 +166,16 @@ class QuantizedLinear(nn.Module):
 
     Args:
         in_features, out_features: layer sizes.
-        quantization_format: 'fp16', 'int8', '1.58bit' or '1bit'.
+        quantization_format: 'fp16', 'int8', '1.58bit', '1bit' or 'int4'.
         threshold: outlier threshold of 'int8' (> 0, or None for pure int8); unused otherwise.
         bias: whether the layer has a bias.
         device: device of the buffers.
         dtype: dtype of the bias (default: torch's default dtype).
+        group_size: weights per scale of 'int4' (must divide in_features); unused otherwise.
 
     Raises:
-        ValueError: unknown format, or a threshold that is not positive or None.
+        ValueError: unknown format, a threshold that is not positive or None, or (int4) a
+            group_size that does not divide in_features.
     """
 
     def __init__(
@@ -92,21 +187,32 @@ class QuantizedLinear(nn.Module):
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        group_size: int = 64,
     ) -> None:
         super().__init__()
-        _check_format(quantization_format)
+        _check_format(quantization_format, LAYER_FORMATS)
         _check_threshold(threshold)
+        if quantization_format == "int4":
+            _check_group_size(in_features, group_size)
+        self.group_size = group_size
         self.in_features = in_features
         self.out_features = out_features
         self.quantization_format = quantization_format
         self.threshold = threshold
-        if quantization_format in _PACKED_BITS:
+        if quantization_format == "int4":
+            groups = (out_features, in_features // group_size)
+            self.register_buffer("weight_packed", torch.zeros(math.ceil(in_features * out_features / 2),
+                                                              dtype=torch.uint8, device=device))
+            self.register_buffer("weight_scale", torch.zeros(groups, dtype=torch.float16, device=device))
+            self.register_buffer("weight_zero", torch.zeros(groups, dtype=torch.uint8, device=device))
+        elif quantization_format in _PACKED_BITS:
             n_bytes = math.ceil(in_features * out_features * _PACKED_BITS[quantization_format] / 8)
             self.register_buffer("weight_packed", torch.zeros(n_bytes, dtype=torch.uint8, device=device))
         else:
             weight_dtype = torch.float16 if quantization_format == "fp16" else torch.int8
             self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=weight_dtype, device=device))
-        if quantization_format != "fp16":
+        if quantization_format not in ("fp16", "int4"):
             self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32, device=device))
         bias_tensor = torch.zeros(out_features, dtype=dtype, device=device) if bias else None
         self.register_buffer("bias", bias_tensor)
@@ -114,14 +220,18 @@ class QuantizedLinear(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_linear(
-        cls, linear: nn.Linear, quantization_format: str, threshold: float | None = 6.0
+        cls, linear: nn.Linear, quantization_format: str, threshold: float | None = 6.0, *,
+        group_size: int = 64, clip_ratio: torch.Tensor | None = None,
     ) -> QuantizedLinear:
         """Quantize a float `nn.Linear` (see the class docstring for the formats).
 
         Args:
             linear: the layer to quantize; left unchanged.
-            quantization_format: 'fp16', 'int8', '1.58bit' or '1bit'.
+            quantization_format: 'fp16', 'int8', '1.58bit', '1bit' or 'int4'.
             threshold: outlier threshold for 'int8' (> 0), None for pure int8.
+            group_size: 'int4' only: weights per group (a divisor of in_features).
+            clip_ratio: 'int4' only: optional (out, in // group_size) range shrink factors in
+                (0, 1], e.g. from the activation-aware clipping search (`int4_quantize`).
 
         Returns:
             A `QuantizedLinear` on `linear`'s device.
@@ -135,11 +245,17 @@ class QuantizedLinear(nn.Module):
         weight, bias = linear.weight.detach(), linear.bias
         layer = cls(linear.in_features, linear.out_features, quantization_format, threshold,
                     bias=bias is not None, device=weight.device,
-                    dtype=bias.dtype if bias is not None else weight.dtype)
+                    dtype=bias.dtype if bias is not None else weight.dtype, group_size=group_size)
         if bias is not None:
             layer.bias.copy_(bias.detach())
         if quantization_format == "fp16":
             layer.weight.copy_(weight.half())
+            return layer
+        if quantization_format == "int4":
+            codes, scale, zero = int4_quantize(weight, group_size, clip_ratio)
+            layer.weight_packed.copy_(pack_bits(codes, 4))
+            layer.weight_scale.copy_(scale)
+            layer.weight_zero.copy_(zero)
             return layer
         w = weight.float()
         if quantization_format == "int8":
@@ -158,7 +274,8 @@ class QuantizedLinear(nn.Module):
         return layer
 
     def weight_codes(self) -> torch.Tensor:
-        """The integer weight codes, int8 (out_features, in_features), unpacked if packed.
+        """The integer weight codes, int8 (out_features, in_features), unpacked if packed
+        ('int4': uint8 codes in [0, 15], to read with `weight_zero` and `weight_scale`).
 
         Raises:
             ValueError: for 'fp16', which stores no codes.
@@ -167,6 +284,9 @@ class QuantizedLinear(nn.Module):
             raise ValueError("the 'fp16' format stores float16 weights, not integer codes")
         if self.quantization_format == "int8":
             return self.weight
+        if self.quantization_format == "int4":
+            numel = self.out_features * self.in_features
+            return unpack_bits(self.weight_packed, 4, numel).view(self.out_features, self.in_features)
         bits = _PACKED_BITS[self.quantization_format]
         numel = self.out_features * self.in_features
         return _unpack_codes(self.weight_packed, bits, numel).view(self.out_features, self.in_features)
@@ -175,16 +295,44 @@ class QuantizedLinear(nn.Module):
         """The weight the layer represents, float32 (out_features, in_features)."""
         if self.quantization_format == "fp16":
             return self.weight.float()
+        if self.quantization_format == "int4":
+            return int4_dequantize(self.weight_codes(), self.weight_scale, self.weight_zero)
         scale = self.weight_scale[:, None]
         if self.quantization_format == "int8":
             scale = scale / 127
         return self.weight_codes().float() * scale
 
+    def _apply(self, fn, recurse=True):
+        # The storage dtypes are the format. Float casts (`.to(dtype)`, `.half()`, `.float()`) skip
+        # non-floating tensors, so the float storage goes through them as a same-size integer view:
+        # moved between devices, never re-encoded. The bias is not storage: it follows the cast.
+        stored = {name: buf.dtype for name, buf in self._buffers.items()
+                  if name != "bias" and buf is not None and buf.is_floating_point()}
+        for name, dtype in stored.items():
+            self._buffers[name] = self._buffers[name].view(_SAME_SIZE_INT[dtype.itemsize])
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            for name, dtype in stored.items():
+                if self._buffers[name].dtype == _SAME_SIZE_INT[dtype.itemsize]:
+                    self._buffers[name] = self._buffers[name].view(dtype)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """`input @ W^T + bias`; input (..., in_features) -> (..., out_features), input's dtype."""
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+        if not input.is_floating_point():  # the int8 kernel's messages, for every format
+            raise ValueError(f"input must be floating point (fp16, bf16 or fp32), got {input.dtype}")
+        if input.dim() == 0 or input.shape[-1] != self.in_features:
+            raise ValueError(f"input's last dimension must be in_features={self.in_features}, "
+                             f"got shape {tuple(input.shape)}")
         fmt = self.quantization_format
         if fmt == "int8":
             out = mixed_precision_forward(input, self.weight.t(), self.threshold, weight_scale=self.weight_scale)
+        elif fmt == "int4":
+            # Weight-only: dequantize in the input's dtype for this call only (no cached float weight).
+            codes = self.weight_codes()
+            out = F.linear(input, int4_dequantize(codes, self.weight_scale, self.weight_zero, input.dtype))
         elif fmt == "fp16":
             # fp16 inputs compute in fp16; fp32 and bf16 inputs in fp32 (fp16 -> bf16 would round).
             dtype = torch.promote_types(input.dtype, torch.float16)
@@ -197,6 +345,8 @@ class QuantizedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         threshold = f", threshold={self.threshold}" if self.quantization_format == "int8" else ""
+        if self.quantization_format == "int4":
+            threshold = f", group_size={self.group_size}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"format={self.quantization_format!r}{threshold}, bias={self.bias is not None}")
 
@@ -216,6 +366,27 @@ def _default_skip(model: nn.Module) -> set[str]:
     return skip
 
 
+def _linear_plan(model: nn.Module, skip: set[str]) -> dict[nn.Linear, tuple[list[str], str | None]]:
+    """Every nn.Linear of `model`: all the names it is registered under, and why it stays in
+    float (None: it is replaced). Besides `skip`, layers whose `.weight` a parent reads directly,
+    bypassing their forward, stay in float: replacing them would break the parent's forward."""
+    kept = {}
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            kept[module.out_proj] = "nn.MultiheadAttention reads out_proj.weight directly"
+        if isinstance(module, nn.TransformerEncoderLayer) and module.self_attn.batch_first:
+            kept[module.linear1] = kept[module.linear2] = ("the fast path of a batch_first "
+                                                           "nn.TransformerEncoderLayer reads its .weight directly")
+    plan = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, nn.Linear):
+            names, reason = plan.get(module, ([], kept.get(module)))
+            if reason is None and (name in skip or name.rpartition(".")[2] in skip):
+                reason = "in skip"
+            plan[module] = (names + [name], reason)
+    return plan
+
+
 def quantize_model(
     model: nn.Module,
     quantization_format: str,
@@ -223,8 +394,16 @@ def quantize_model(
     skip: Iterable[str] | None = None,
     *,
     verbose: bool = True,
+    group_size: int = 64,
+    calibration: Iterable | Mapping | None = None,
+    clip: bool = True,
 ) -> nn.Module:
     """Replace the `nn.Linear` layers of `model` with `QuantizedLinear`, in place.
+
+    'int4' rounds to nearest; with `calibration` it first runs the activation-aware search of
+    `toolkit.awq.activation_aware_search` (per-input-channel scales folded into the preceding
+    norm or linear layer, so the float model's function is unchanged and inference costs nothing
+    extra, plus a per-group clipping search when `clip`), then quantizes the scaled weights.
 
     By default (`skip=None`) the output head stays in float: the module
     returned by `model.get_output_embeddings()` (BERT's MLM decoder, tied to
@@ -232,47 +411,77 @@ def quantize_model(
     'lm_head', 'classifier' or 'score'. Pass `skip=()` to quantize every layer.
 
     Afterwards `model.quantization_report` is a dict with 'format', 'threshold',
-    'replaced' and 'skipped' (lists of module names); with `verbose` one line
-    saying how many layers were replaced is printed.
+    'replaced' and 'skipped' (lists of module names; a layer registered under two
+    names is replaced under both, by one layer) and 'skip_reasons' ({skipped name:
+    why}); with `verbose` one line saying how many layers were replaced is printed.
+    A linear layer whose `.weight` its parent reads directly (the `out_proj` of
+    `nn.MultiheadAttention`, linear1/linear2 of a batch_first `nn.TransformerEncoderLayer`)
+    is always kept in float, so the forward still works.
 
     Args:
         model: any module, e.g. a Hugging Face model.
-        quantization_format: 'fp16', 'int8', '1.58bit' or '1bit'.
+        quantization_format: 'fp16', 'int8', '1.58bit', '1bit' or 'int4'.
         threshold: outlier threshold of 'int8' (> 0), None for pure int8.
-        skip: module names kept in float; an entry matches a layer's full name
-            ('cls.predictions.decoder') or its last part ('classifier').
+        skip: module names kept in float (one string is one name); an entry matches a
+            layer's full name ('cls.predictions.decoder') or its last part ('classifier').
         verbose: print the summary line.
+        group_size: 'int4' only: weights per scale, must divide every replaced layer's in_features.
+        calibration: 'int4' only: calibration batches (tensors of input ids or dicts of model
+            inputs, see `toolkit.calibration.collect_linear_inputs`) or the dict that function
+            returned with row samples; None: round-to-nearest.
+        clip: with `calibration`, also search each group's clipping range.
 
     Returns:
         `model` itself, its linear layers replaced.
 
     Raises:
         ValueError: unknown format, bad threshold, `model` is itself an `nn.Linear`
-            (use `QuantizedLinear.from_linear`), or no `nn.Linear` left to replace.
+            (use `QuantizedLinear.from_linear`), no `nn.Linear` left to replace, `calibration`
+            with a format other than 'int4', or a group_size that does not divide a layer's width.
     """
-    _check_format(quantization_format)
+    _check_format(quantization_format, LAYER_FORMATS)
     _check_threshold(threshold)
     if isinstance(model, nn.Linear):
         raise ValueError("quantize_model replaces the layers inside a model; "
                          "quantize a lone nn.Linear with QuantizedLinear.from_linear")
-    skip = _default_skip(model) if skip is None else set(skip)
-    replaced, skipped = [], []
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear):
+    if calibration is not None and quantization_format != "int4":
+        raise ValueError(f"calibration is used by the 'int4' format only, not {quantization_format!r}")
+    skip = _default_skip(model) if skip is None else {skip} if isinstance(skip, str) else set(skip)
+    plan = _linear_plan(model, skip)
+    skip |= {name for names, reason in plan.values() if reason for name in names}  # every name of a kept layer
+    if quantization_format == "int4":
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and not (name in skip or name.rpartition(".")[2] in skip):
+                _check_group_size(module.in_features, group_size)
+    clip_ratios, scaled = {}, []
+    if calibration is not None:
+        from toolkit.awq import activation_aware_search  # imported here: toolkit.awq imports this module
+
+        clip_ratios, scaled = activation_aware_search(model, calibration, group_size, skip=skip, clip=clip,
+                                                      progress=verbose)
+    replaced, skipped, reasons = [], [], {}
+    for module, (names, reason) in plan.items():
+        if reason is not None:
+            skipped += names
+            reasons.update(dict.fromkeys(names, reason))
             continue
-        parent_name, _, child = name.rpartition(".")
-        if name in skip or child in skip:
-            skipped.append(name)
-            continue
-        quantized = QuantizedLinear.from_linear(module, quantization_format, threshold)
-        setattr(model.get_submodule(parent_name), child, quantized)
-        replaced.append(name)
+        quantized = QuantizedLinear.from_linear(module, quantization_format, threshold, group_size=group_size,
+                                                clip_ratio=clip_ratios.get(names[0]))
+        for name in names:  # a layer registered under several names stays one (quantized) layer
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, quantized)
+        replaced += names
     if not replaced:
         raise ValueError(f"no nn.Linear left to replace in {type(model).__name__} "
                          f"(kept in float by skip: {skipped or 'none'})")
     model.quantization_report = {"format": quantization_format, "threshold": threshold,
-                                 "replaced": replaced, "skipped": skipped}
+                                 "replaced": replaced, "skipped": skipped, "skip_reasons": reasons}
+    if quantization_format == "int4":
+        model.quantization_report.update(group_size=group_size, activation_aware=calibration is not None,
+                                         scaled=scaled)
     if verbose:
-        print(f"quantize_model: replaced {len(replaced)} nn.Linear layers with {quantization_format} "
-              f"QuantizedLinear; kept in float: {', '.join(skipped) or 'none'}")
+        layers = sum(reason is None for _, reason in plan.values())  # a layer under two names counts once
+        print(f"quantize_model: replaced {layers} nn.Linear layers with {quantization_format} "
+              f"QuantizedLinear; kept in float: "
+              f"{', '.join(n if reasons[n] == 'in skip' else f'{n} ({reasons[n]})' for n in skipped) or 'none'}")
     return model

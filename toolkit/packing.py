@@ -8,6 +8,13 @@ caller's job).
 Layout: with `bits` bits per field, byte b holds fields b*(8/bits) ... in order,
 the first in the lowest bits. The flat input is padded with zero fields to whole
 bytes, so n fields take ceil(n * bits / 8) bytes.
+
+Guarantees: for every bool or integer tensor of fields in [0, 2**bits) (any shape,
+empty and 0-d included), `unpack_bits(pack_bits(f, bits), bits, f.numel())` equals
+`f.flatten()` as uint8. Nothing is truncated or wrapped silently: a `bits` other
+than the int 1, 2 or 4 (True included), a field out of range, a `numel` beyond what
+`packed` holds or a `packed` that is not 1-d uint8 raise ValueError; non-tensor or
+floating fields raise TypeError.
 """
 import torch
 import torch.nn.functional as F
@@ -16,7 +23,7 @@ BIT_WIDTHS = (1, 2, 4)
 
 
 def _check_bits(bits: int) -> None:
-    if bits not in BIT_WIDTHS:
+    if type(bits) is not int or bits not in BIT_WIDTHS:  # `type` refuses True (== 1) and 2.0
         raise ValueError(f"bits must be one of {BIT_WIDTHS}, got {bits!r}")
 
 
@@ -31,9 +38,16 @@ def pack_bits(fields: torch.Tensor, bits: int) -> torch.Tensor:
         uint8 tensor (ceil(n * bits / 8),) for n = fields.numel().
 
     Raises:
-        ValueError: `bits` is not 1, 2 or 4.
+        TypeError: `fields` is not a bool or integer tensor.
+        ValueError: `bits` is not 1, 2 or 4, or a field is outside [0, 2**bits).
     """
     _check_bits(bits)
+    if not isinstance(fields, torch.Tensor) or fields.is_floating_point() or fields.is_complex():
+        got = fields.dtype if isinstance(fields, torch.Tensor) else type(fields).__name__
+        raise TypeError(f"fields must be a bool or integer tensor, got {got}")
+    if fields.numel() and (fields.min() < 0 or fields.max() >= 2**bits):
+        raise ValueError(f"fields must lie in [0, {2**bits}) for bits={bits}, "
+                         f"got values in [{fields.min().item()}, {fields.max().item()}]")
     per_byte = 8 // bits
     flat = fields.flatten().to(torch.uint8)
     grouped = F.pad(flat, (0, -flat.numel() % per_byte)).view(-1, per_byte)
@@ -54,8 +68,16 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         uint8 tensor (numel,).
 
     Raises:
-        ValueError: `bits` is not 1, 2 or 4.
+        ValueError: `bits` is not 1, 2 or 4, `packed` is not a 1-d uint8 tensor, or `numel` is not
+            an int in [0, packed.numel() * 8 // bits].
     """
     _check_bits(bits)
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.dim() != 1:
+        got = f"{packed.dtype} {tuple(packed.shape)}" if isinstance(packed, torch.Tensor) else type(packed).__name__
+        raise ValueError(f"packed must be a 1-d uint8 tensor, got {got}")
+    capacity = packed.numel() * (8 // bits)
+    if type(numel) is not int or not 0 <= numel <= capacity:
+        raise ValueError(f"numel must be an int in [0, {capacity}] ({packed.numel()} bytes of "
+                         f"{bits}-bit fields), got {numel!r}")
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
     return ((packed[:, None] >> shifts) & (2**bits - 1)).flatten()[:numel]

@@ -7,6 +7,9 @@ such a model from `save_pretrained`.
 
 It does not: rank by gradients (movement or Taylor scores), fine-tune after pruning, or handle
 Llama-style grouped key/value heads (heads) -- the lab's `pruning.py` holds the masking functions.
+
+Guarantees: `remove_attention_heads` changes nothing unless every entry is valid, and takes only a
+mapping {block name: head indices} (anything else, e.g. a list of heads, raises TypeError).
 """
 import os
 from collections.abc import Iterable, Mapping
@@ -193,11 +196,14 @@ def remove_attention_heads(model: nn.Module, heads: Mapping[str, Iterable[int]])
         `model` itself.
 
     Raises:
-        TypeError: `model` is not an nn.Module.
+        TypeError: `model` is not an nn.Module, or `heads` is not a mapping.
         ValueError: a name matches no attention block, an index is not a head of its block, or a block
             would be left without heads.
     """
     _check_model(model)
+    if not isinstance(heads, Mapping):
+        raise TypeError(f"heads must be a mapping {{block name: head indices}}, as config.pruned_heads is, "
+                        f"got {type(heads).__name__}")
     blocks = _find_attention_blocks(model)
     plans = {}
     for name, indices in heads.items():

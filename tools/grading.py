@@ -19,8 +19,15 @@ after_due_date, after_published). Options:
 Ungraded tests are deselected under --grade and --exercise: grading is about the
 exercises, and `make test` runs everything. A test file that fails to import costs
 its own tests only (collection continues; the error is in the report's output).
-Without these options the plugin changes nothing. It does not time individual tests
-or compare against a due date; Gradescope does that from the visibility field.
+Without these options the plugin changes one thing only: an *ungraded* test that
+stops on an unsolved exercise (a `NotImplementedError("Exercise N: <function>")`,
+or a notebook's CellExecutionError whose traceback ends in one) is
+skipped with the reason "needs Exercise N (<function>), not solved yet", so the
+student release reports the toolkit's tests as waiting rather than failing. A
+graded test is never skipped this way: it fails, and scores 0. In the solution
+nothing raises such an error, so nothing is skipped there. The plugin does not
+time individual tests or compare against a due date; Gradescope does that from
+the visibility field.
 """
 from __future__ import annotations
 
@@ -209,6 +216,74 @@ class Grader:
             for line in self.table().splitlines():
                 terminalreporter.write_line(line)
             terminalreporter.write_line(f"results written to {self.written}")
+
+
+# What a stripped solution region raises: NotImplementedError("Exercise N: <function>"), or
+# NotImplementedError("Exercise N") in a notebook cell outside any function.
+UNSOLVED_MESSAGE = re.compile(r"Exercise ([1-9][0-9]*)(?:: ([\w.]+))?")
+# The same error in a notebook cell's traceback, as nbclient reports it (with terminal colours).
+UNSOLVED_IN_CELL = re.compile(r"NotImplementedError\W*" + UNSOLVED_MESSAGE.pattern)
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def unsolved_exercise(error: BaseException | None) -> tuple[int, str | None] | None:
+    """(number, function or None) of the unsolved exercise that `error` stopped on, else None.
+
+    Two errors count: a NotImplementedError whose message is an exercise's, and a notebook's
+    CellExecutionError (by class name, as nbclient raises it) whose traceback ends in one. The
+    error's chain is followed (`raise ... from`, or an error raised while handling another).
+    Nothing else counts, not even an assertion whose message quotes such an error: in the
+    solution a real failure must never turn into a skip.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, NotImplementedError):
+            match = UNSOLVED_MESSAGE.fullmatch(str(error))
+        elif type(error).__name__ == "CellExecutionError":
+            match = UNSOLVED_IN_CELL.search(ANSI_COLOUR.sub("", str(error)))
+        else:
+            match = None
+        if match:
+            return int(match.group(1)), match.group(2)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _skip_if_unsolved(item: pytest.Item):
+    """Hook-wrapper body: an ungraded test's unsolved-exercise error becomes a skip."""
+    try:
+        return (yield)
+    except Exception as error:
+        found = None if item.get_closest_marker("exercise") is not None else unsolved_exercise(error)
+        if found is None:
+            raise
+        number, function = found
+        pytest.skip(f"{WAITING}{number}{f' ({function})' if function else ''}, not solved yet")
+
+
+WAITING = "needs Exercise "
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    return (yield from _skip_if_unsolved(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    return (yield from _skip_if_unsolved(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Report a waiting test's skip at the test itself, not at the line of this plugin that raised it."""
+    report = yield
+    if (report.skipped and isinstance(report.longrepr, tuple)
+            and report.longrepr[2].startswith(f"Skipped: {WAITING}")):
+        path, line, _ = item.reportinfo()
+        report.longrepr = (str(path), (line or 0) + 1, report.longrepr[2])
+    return report
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

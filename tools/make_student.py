@@ -18,9 +18,10 @@ indentation, `<function>` being the enclosing def qualified by its classes
 that are indented inside the comment (`#     continued`).
 
 Notebooks: code cells are stripped the same way (a region outside any def says
-just "Exercise N"), markdown regions between `<!-- BEGIN SOLUTION -->` and
-`<!-- END SOLUTION -->` become `*Your answer here.*`, and the outputs and
-execution counts of all code cells are cleared.
+just "Exercise N"), markdown regions between `<!-- BEGIN SOLUTION -->` (or
+`<!-- BEGIN SOLUTION (Exercise N) -->`, which `--keep-exercises N` keeps; the lab's
+analysis answers are Exercise 4) and `<!-- END SOLUTION -->` become
+`*Your answer here.*`, and the outputs and execution counts of all code cells are cleared.
 
 Test functions and classes marked `@pytest.mark.exercise(..., visibility="hidden")`
 are left out of the student release; the instructor grades with them.

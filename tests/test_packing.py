@@ -1,4 +1,4 @@
-"""Tests of bitpack.py: exact byte layout, round trips, sizes, bad widths."""
+"""Tests of toolkit/packing.py: exact byte layout, round trips, sizes, bad widths."""
 import math
 
 import pytest

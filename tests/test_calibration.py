@@ -1,0 +1,105 @@
+"""Tests of toolkit/calibration.py: statistics against direct computation, bounded samples, hooks removed."""
+import pytest
+import torch
+from torch import nn
+
+from toolkit.calibration import calibration_batches, collect_linear_inputs
+from toolkit.evaluation import tiny_model, tiny_tokenizer
+
+
+def _toy(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+def test_statistics_match_direct_computation():
+    model = _toy()
+    batches = [torch.randn(3, 5, 8) for _ in range(4)]
+    stats = collect_linear_inputs(model, batches, progress=False)
+    x = torch.cat([b.reshape(-1, 8) for b in batches]).double()
+    assert list(stats) == ["0", "2"]
+    assert stats["0"].tokens == 60
+    torch.testing.assert_close(stats["0"].sum_squares, x.pow(2).sum(0))
+    torch.testing.assert_close(stats["0"].norm, x.pow(2).sum(0).sqrt().float())
+    torch.testing.assert_close(stats["0"].mean_abs, x.abs().mean(0).float())
+    hidden = torch.relu(model[0](x.float())).double()
+    torch.testing.assert_close(stats["2"].sum_squares, hidden.pow(2).sum(0), rtol=1e-5, atol=1e-6)
+    assert stats["0"].sample is None and _hook_count(model) == 0
+
+
+def test_sample_is_capped_and_made_of_real_rows():
+    model = _toy()
+    batches = [torch.randn(10, 8) for _ in range(5)]
+    stats = collect_linear_inputs(model, batches, layers=["0"], sample=True, sample_rows=7, progress=False)
+    sample = stats["0"].sample
+    assert sample.shape == (7, 8) and sample.dtype == torch.float32
+    rows = torch.cat(batches)
+    assert all((rows == row).all(dim=1).any() for row in sample)
+    assert len({tuple(row.tolist()) for row in sample}) == 7  # without replacement
+
+
+def test_attention_mask_excludes_padding_and_dict_batches():
+    model, tokenizer = tiny_model("masked")
+    batch = tokenizer(["a short line", "a much longer line of text than the first"], padding=True,
+                      return_tensors="pt")
+    name = "bert.encoder.layer.0.attention.self.query"
+    stats = collect_linear_inputs(model, [batch], layers=[name], progress=False)
+    assert stats[name].tokens == int(batch["attention_mask"].sum())
+
+
+def test_hooks_removed_and_mode_restored_on_error():
+    model = _toy().train()
+    with pytest.raises(TypeError, match="calibration batch"):
+        collect_linear_inputs(model, [torch.randn(2, 8), "not a batch"], progress=False)
+    assert _hook_count(model) == 0 and model.training
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(layers=["1"]), "not nn.Linear"),
+    (dict(layers=[]), "empty"),
+    (dict(sample_rows=0), "sample_rows"),
+    (dict(layers=["0"], sample=["2"]), "not watched"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        collect_linear_inputs(_toy(), [torch.randn(2, 8)], progress=False, **kwargs)
+
+
+def test_no_batch_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        collect_linear_inputs(_toy(), [], progress=False)
+
+
+def test_calibration_batches_shapes():
+    tokenizer = tiny_tokenizer()
+    texts = ["the cat sat on the mat and looked at the dog"] * 40
+    causal = calibration_batches(tokenizer, texts, n_samples=5, seq_len=16, batch_size=2)
+    assert [b.shape for b in causal] == [(2, 16), (2, 16), (1, 16)]
+    masked = calibration_batches(tokenizer, texts, n_samples=2, seq_len=16, kind="masked")
+    assert masked[0].shape == (2, 16)
+    assert (masked[0][:, 0] == tokenizer.cls_token_id).all() and (masked[0][:, -1] == tokenizer.sep_token_id).all()
+    with pytest.raises(ValueError, match="fewer than one window"):
+        calibration_batches(tokenizer, ["cat"], seq_len=16)
+    with pytest.raises(ValueError, match="kind"):
+        calibration_batches(tokenizer, texts, kind="seq2seq")
+
+
+def test_calibration_benchmark_table_has_every_method():
+    from benchmarks import calibration as bench
+    from toolkit.evaluation import load_texts
+
+    model, tokenizer = tiny_model("causal", num_layers=1)
+    texts = load_texts("test", source="local")[:4]
+    table, targets = bench.run(model, tokenizer, texts, load_texts("train", source="local")[:40], torch.device("cpu"),
+                               group_size=32, samples=2, seq_len=32, bnb_folder=None)
+    methods = [row["method"] for row in table.rows]
+    assert methods == ["fp32", "int4 g32 RTN", "int4 g32 AWQ", "bnb nf4 (block 64)", "magnitude 50% (per row)",
+                       "magnitude 50% (lab, per layer)", "Wanda 50%", "magnitude 2:4", "Wanda 2:4"]
+    for row in table.rows:
+        if row["method"] != "bnb nf4 (block 64)":
+            assert row["perplexity"] > 0 and row["ratio_to_fp32"] > 0
+    assert targets.rows[-1]["verdict"] == "PASS"  # exactly 2 zeros in every 4

@@ -1,0 +1,268 @@
+"""Regression tests of issue 12: one test per defect found at the edges of the public API.
+
+Each test is named after its defect and fails on the code before the fix. The properties
+behind them (every shape, dtype and magnitude) are in test_properties.py.
+"""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+
+from distillation import compute_distillation_loss
+from quantization import FORMATS, QuantizedVector
+from toolkit.evaluation import parameter_count, perplexity, tiny_tokenizer
+from toolkit.layers import QuantizedLinear, quantize_model
+from toolkit.packing import pack_bits, unpack_bits
+from toolkit.shrink import remove_attention_heads
+
+
+def tiny_bert(max_positions: int = 32) -> BertForMaskedLM:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tiny_tokenizer()), hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=max_positions)
+    return BertForMaskedLM(config).eval()
+
+
+# ---------------------------------------------------------------------------
+# 1. Tiny or huge magnitudes quantize to nothing (QuantizedVector)
+
+def test_tiny_magnitudes_get_full_int8_codes():
+    q = QuantizedVector(torch.tensor([1e-38, -1e-38, 5e-39]), "int8")
+    assert q.quantized_vector.tolist() == [127, -127, 64]
+    deq = q.dequantize()
+    assert deq.dtype == torch.float32
+    torch.testing.assert_close(deq, torch.tensor([1e-38, -1e-38, 5e-39]), rtol=1 / 127, atol=0)
+
+
+def test_smallest_subnormal_gets_full_int8_codes():
+    tiny = torch.finfo(torch.float32).smallest_normal * 2.0**-23  # 1.4e-45, the smallest subnormal
+    x = torch.tensor([tiny, -tiny, 0.0])
+    assert QuantizedVector(x, "int8").quantized_vector.tolist() == [127, -127, 0]
+
+
+def test_huge_magnitudes_get_ternary_codes():
+    # The float32 sum of |x| overflowed: mean|x| became inf and every code 0.
+    q = QuantizedVector(torch.tensor([3e38, 1e38, -3e38]), "1.58bit")
+    assert q.quantized_vector.tolist() == [1, 0, -1]
+    assert q.alpha == pytest.approx(3 / 7e38)
+
+
+@pytest.mark.parametrize("value", [1e300, -1e39, 1e-300, -1e-50])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_float64_beyond_float32_is_refused(value, fmt):
+    with pytest.raises(ValueError, match="float32 cannot represent"):
+        QuantizedVector(torch.tensor([1.0, value], dtype=torch.float64), fmt)
+
+
+# ---------------------------------------------------------------------------
+# 2. Integer and bool inputs are accepted by QuantizedLinear
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_quantized_linear_refuses_integer_and_bool_inputs(fmt, dtype):
+    layer = QuantizedLinear.from_linear(nn.Linear(4, 2), fmt)
+    with pytest.raises(ValueError, match=rf"^input must be floating point \(fp16, bf16 or fp32\), got {dtype}$"):
+        layer(torch.ones(1, 4, dtype=dtype))
+
+
+# ---------------------------------------------------------------------------
+# 3. A single string for `skip` is read character by character
+
+def test_single_string_skip_is_one_name():
+    model = nn.Sequential()
+    model.add_module("body", nn.Linear(4, 4))
+    model.add_module("classifier", nn.Linear(4, 2))
+    model.add_module("c", nn.Linear(2, 2))  # one character of "classifier": must be quantized
+    quantize_model(model, "int8", skip="classifier", verbose=False)
+    assert type(model.classifier) is nn.Linear
+    assert isinstance(model.body, QuantizedLinear) and isinstance(model.c, QuantizedLinear)
+    assert model.quantization_report["skipped"] == ["classifier"]
+
+
+# ---------------------------------------------------------------------------
+# 4. nn.MultiheadAttention breaks
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_multihead_attention_out_proj_stays_float_and_forward_works(fmt, batch_first):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=batch_first),
+                          nn.Linear(8, 8))
+    x = torch.randn(3, 2, 8)
+    quantize_model(model, fmt, verbose=False)
+    report = model.quantization_report
+    assert type(model[0].self_attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert "0.self_attn.out_proj" in report["skipped"]
+    assert "MultiheadAttention" in report["skip_reasons"]["0.self_attn.out_proj"]
+    if batch_first:  # the encoder layer's inference fast path reads linear1/linear2.weight too
+        assert {"0.linear1", "0.linear2"} <= set(report["skip_reasons"])
+    else:
+        assert isinstance(model[0].linear1, QuantizedLinear)
+    for training in (True, False):
+        model.train(training)
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                assert torch.isfinite(model(x)).all()
+
+
+# ---------------------------------------------------------------------------
+# 5. A layer registered under two names is half replaced
+
+def test_layer_under_two_names_becomes_one_quantized_layer():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential()
+    model.add_module("first", shared)
+    model.add_module("second", shared)
+    quantize_model(model, "1bit", skip=(), verbose=False)
+    assert isinstance(model.first, QuantizedLinear) and model.first is model.second
+    assert model.quantization_report["replaced"] == ["first", "second"]
+
+
+# ---------------------------------------------------------------------------
+# 6. parameter_count changes after quantization
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_parameter_count_is_unchanged_by_quantize_model(fmt):
+    model = tiny_bert()
+    before = parameter_count(model)
+    assert before == sum(p.numel() for p in model.parameters())
+    assert parameter_count(quantize_model(copy.deepcopy(model), fmt, verbose=False)) == before
+
+
+# ---------------------------------------------------------------------------
+# 7. Casting re-encodes the stored weights
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_casting_keeps_the_storage_dtypes(fmt):
+    torch.manual_seed(0)
+    layer = QuantizedLinear.from_linear(nn.Linear(8, 4), fmt)
+    stored = {name: buf.clone() for name, buf in layer.named_buffers() if name != "bias"}
+    x = torch.randn(2, 8)
+    expected = layer(x)
+    model = nn.Sequential(layer)
+    for cast in (lambda m: m.to(torch.bfloat16), lambda m: m.half(), lambda m: m.double(), lambda m: m.float()):
+        cast(model)
+        for name, buf in layer.named_buffers():
+            if name != "bias":
+                assert buf.dtype == stored[name].dtype and torch.equal(buf, stored[name]), name
+    assert layer.bias.dtype == torch.float32  # the bias follows the last cast
+    torch.testing.assert_close(layer(x), expected, rtol=1e-2, atol=1e-2)  # the bias went through bf16
+    model.to(torch.bfloat16)
+    assert layer(x.bfloat16()).dtype == torch.bfloat16 and layer(x).dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------
+# 9. Empty logits are not refused
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (2, 0, 4)])
+def test_distillation_loss_refuses_empty_logits(shape):
+    with pytest.raises(ValueError, match="is empty"):
+        compute_distillation_loss(torch.empty(shape), torch.empty(shape), 2.0)
+
+
+# ---------------------------------------------------------------------------
+# 10. A teacher logit of -inf gives a NaN loss
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_teacher_minus_inf_logit_contributes_zero(temperature):
+    inf = math.inf
+    student = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], requires_grad=True)
+    teacher = torch.tensor([[0.5, 1.5, -inf], [1.0, -inf, 2.0]])
+    loss = compute_distillation_loss(student, teacher, temperature)
+    # The same loss over the classes the teacher gives mass to (a zero-probability class adds 0).
+    kept = []
+    for s, t in zip(student.detach().double() / temperature, teacher.double() / temperature):
+        p, log_q = torch.softmax(t, -1), torch.log_softmax(s, -1)
+        kept.append(sum(pi * (math.log(pi) - qi) for pi, qi in zip(p.tolist(), log_q.tolist()) if pi > 0))
+    assert math.isfinite(loss.item())
+    assert loss.item() == pytest.approx(sum(kept) / 2 * temperature**2, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(student.grad).all()
+    # -inf in both at the same class (a masked vocabulary entry) also adds 0.
+    both = torch.tensor([[1.0, 2.0, -inf]])
+    assert compute_distillation_loss(both, both.clone(), temperature).item() == 0.0
+
+
+def test_student_minus_inf_where_teacher_has_mass_is_infinite():
+    student = torch.tensor([[1.0, -math.inf]])
+    teacher = torch.tensor([[1.0, 1.0]])
+    assert compute_distillation_loss(student, teacher, 1.0).item() == math.inf
+
+
+# ---------------------------------------------------------------------------
+# 11. max_length can exceed the model's positions
+
+def test_masked_perplexity_refuses_max_length_beyond_positions():
+    with pytest.raises(ValueError, match=r"max_length=128 exceeds the model's 32 positions"):
+        perplexity(tiny_bert(max_positions=32), tiny_tokenizer(), ["a short text"], progress=False)
+
+
+def test_causal_perplexity_refuses_max_length_beyond_positions():
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         max_position_embeddings=16)).eval()
+    with pytest.raises(ValueError, match=r"max_length=32 exceeds the model's 16 positions"):
+        perplexity(model, tokenizer, ["a short text " * 20], max_length=32, progress=False)
+    assert math.isfinite(perplexity(model, tokenizer, ["a short text " * 20], max_length=16, progress=False))
+
+
+# ---------------------------------------------------------------------------
+# 12. Whitespace-only texts get a score
+
+def test_causal_perplexity_of_whitespace_only_texts_has_no_token_to_score():
+    tokenizer = tiny_tokenizer()
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         max_position_embeddings=64)).eval()
+    with pytest.raises(ValueError, match="the texts hold no token to score"):
+        perplexity(model, tokenizer, ["   ", ""], max_length=32, progress=False)
+
+
+# ---------------------------------------------------------------------------
+# 13. bitpack checks nothing
+
+@pytest.mark.parametrize("bits, fields", [(1, [0, 2]), (2, [4]), (4, [16]), (2, [-1]), (4, [255])])
+def test_pack_bits_refuses_fields_out_of_range(bits, fields):
+    with pytest.raises(ValueError, match=rf"fields must lie in \[0, {2**bits}\)"):
+        pack_bits(torch.tensor(fields), bits)
+
+
+@pytest.mark.parametrize("fields", [torch.tensor([1.0, 0.0]), torch.tensor([0.7]), [1, 0]])
+def test_pack_bits_refuses_float_or_non_tensor_fields(fields):
+    with pytest.raises(TypeError, match="fields must be a bool or integer tensor"):
+        pack_bits(fields, 1)
+
+
+@pytest.mark.parametrize("bits", [True, 2.0, None, "2"])
+def test_pack_bits_refuses_bits_that_are_not_an_int_width(bits):
+    with pytest.raises(ValueError, match="bits must be one of"):
+        pack_bits(torch.tensor([1]), bits)
+    with pytest.raises(ValueError, match="bits must be one of"):
+        unpack_bits(torch.tensor([1], dtype=torch.uint8), bits, 1)
+
+
+@pytest.mark.parametrize("numel", [9, -1, 2.0, True])
+def test_unpack_bits_refuses_more_fields_than_packed(numel):
+    with pytest.raises(ValueError, match=r"numel must be an int in \[0, 8\]"):
+        unpack_bits(pack_bits(torch.tensor([1, 0, 1]), 1), 1, numel)
+
+
+@pytest.mark.parametrize("packed", [torch.tensor([1]), torch.tensor([1], dtype=torch.int8),
+                                    torch.tensor(1, dtype=torch.uint8), [1]])
+def test_unpack_bits_refuses_packed_that_is_not_1d_uint8(packed):
+    with pytest.raises(ValueError, match="packed must be a 1-d uint8 tensor"):
+        unpack_bits(packed, 1, 1)
+
+
+# ---------------------------------------------------------------------------
+# 14. remove_attention_heads with a list
+
+def test_remove_attention_heads_with_a_list_asks_for_a_mapping():
+    model = tiny_bert()
+    with pytest.raises(TypeError, match=r"heads must be a mapping \{block name: head indices\}.*got list"):
+        remove_attention_heads(model, [0, 1])

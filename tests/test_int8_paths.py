@@ -1,0 +1,146 @@
+"""Both paths of `int8_matmul` on every machine, and the kernel's edge cases.
+
+Each path is forced in turn (`set_int8_matmul_path`), so a machine whose automatic
+choice is 'int_mm' (VNNI/AMX CPU, CUDA) still checks 'fp32', and an AVX2 machine still
+checks `torch._int_mm` for exactness (slowly, but exactly). References are int64 matmuls.
+"""
+from contextlib import contextmanager
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import quantization as q
+from quantization import INT8_PATHS, absmax_quantize, int8_matmul, mixed_precision_forward
+
+MAX_K = 131071  # (2**31 - 1) // 128**2: the largest K whose int32 sums cannot overflow
+
+
+@contextmanager
+def forced(path):
+    q.set_int8_matmul_path(path)
+    try:
+        yield
+    finally:
+        q.set_int8_matmul_path(None)
+
+
+def reference(a, b):
+    return a.long() @ b.long()
+
+
+def any_layout(t, layout):
+    """The same values as `t` in another memory layout: transposed storage or a strided slice."""
+    if layout == "transposed":
+        return t.t().contiguous().t()
+    if layout == "sliced":  # every other column of a wider tensor
+        wide = torch.zeros(t.shape[0], 2 * t.shape[1], dtype=t.dtype)
+        wide[:, ::2] = t
+        return wide[:, ::2]
+    return t
+
+
+def test_the_automatic_path_is_one_of_the_two_and_decided_once(monkeypatch):
+    monkeypatch.delenv("LAB_INT8_PATH", raising=False)
+    q.set_int8_matmul_path(None)
+    path = q.int8_matmul_path()
+    assert path in INT8_PATHS and q.int8_matmul_path() == path
+    assert q.int8_matmul_path("cuda") == "int_mm"  # a name only: nothing runs on the device
+
+
+def test_the_path_can_be_forced_by_call_and_by_environment(monkeypatch):
+    for path in INT8_PATHS:
+        with forced(path):
+            assert q.int8_matmul_path() == q.int8_matmul_path("cuda") == path
+        monkeypatch.setenv("LAB_INT8_PATH", path)
+        q.set_int8_matmul_path(None)  # decide again: the variable is read on the next call
+        assert q.int8_matmul_path() == path
+    monkeypatch.undo()  # the variable as it was, and the path decided again from it
+    q.set_int8_matmul_path(None)
+    with pytest.raises(ValueError, match="path must be one of"):
+        q.set_int8_matmul_path("int4")
+
+
+def test_the_timed_probe_answers_without_error():
+    assert q._int_mm_wins() in (True, False)
+
+
+@pytest.mark.parametrize("path", INT8_PATHS)
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 2100), n=st.integers(1, 40),
+       layout_a=st.sampled_from(["contiguous", "transposed", "sliced"]),
+       layout_b=st.sampled_from(["contiguous", "transposed", "sliced"]), seed=st.integers(0, 2**16))
+def test_both_paths_equal_the_integer_product_for_any_shape_and_layout(path, m, k, n, layout_a, layout_b, seed):
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=generator)
+    b = torch.randint(-128, 128, (k, n), dtype=torch.int8, generator=generator)
+    a[0, :] = -128  # the extremes, whose pairwise sums overflow int16
+    b[:, 0] = -128
+    with forced(path):
+        out = int8_matmul(any_layout(a, layout_a), any_layout(b, layout_b))
+    assert out.dtype == torch.int32 and out.shape == (m, n)
+    assert torch.equal(out.long(), reference(a, b))
+
+
+@pytest.mark.parametrize("path", INT8_PATHS)
+def test_both_paths_are_exact_at_the_largest_k(path):
+    # Rows and columns of extremes: sums reach -128 * -128 * K = 2**31 - 2**14, the int32 edge.
+    a = torch.stack([torch.full((MAX_K,), -128), torch.full((MAX_K,), 127), torch.full((MAX_K,), -128)])
+    a[2, 1::2] = 127
+    b = a.t().to(torch.int8)
+    a = a.to(torch.int8)
+    with forced(path):
+        out = int8_matmul(a, b)
+    assert torch.equal(out.long(), reference(a, b))
+    assert out[0, 0] == 128 * 128 * MAX_K
+    with forced(path), pytest.raises(ValueError, match="could overflow the int32 accumulator"):
+        int8_matmul(torch.zeros(1, MAX_K + 1, dtype=torch.int8), torch.zeros(MAX_K + 1, 1, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("threshold", [6.0, None])
+def test_the_kernel_gives_the_same_result_on_both_paths(threshold):
+    from toolkit.layers import QuantizedLinear
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 17, 40)
+    x[..., 5] = 9.0  # one outlier feature
+    weight = torch.randn(40, 24)
+    layer = QuantizedLinear.from_linear(torch.nn.Linear(40, 24), "int8", threshold)
+    results = []
+    for path in INT8_PATHS:
+        with forced(path), torch.no_grad():
+            results.append((mixed_precision_forward(x, weight, threshold), layer(x)))
+    for first, second in zip(*results):
+        assert torch.equal(first, second)
+
+
+def test_absmax_quantize_gives_the_right_codes_below_the_overflow_of_127_over_absmax():
+    codes, absmax = absmax_quantize(torch.tensor([[1e-38, -1e-38, 5e-39]]), dim=1)
+    assert codes.tolist() == [[127, -127, 64]] and absmax.item() == torch.tensor(1e-38).item()
+    smallest = torch.tensor([[1e-45, 0.0, -1e-45], [1.0, 2.0, 3.0]])  # a subnormal slice beside a normal one
+    codes, _ = absmax_quantize(smallest, dim=1)
+    assert codes.tolist() == [[127, 0, -127], [42, 85, 127]]
+    codes, _ = absmax_quantize(smallest.t(), dim=0)  # the same per column
+    assert codes.t().tolist() == [[127, 0, -127], [42, 85, 127]]
+
+
+def test_absmax_quantize_refuses_float64_beyond_float32_range():
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        absmax_quantize(torch.tensor([[1e39, 1.0]], dtype=torch.float64), dim=1)
+    codes, _ = absmax_quantize(torch.tensor([[3e38, -1.0]], dtype=torch.float64), dim=1)  # within range
+    assert codes.tolist() == [[127, 0]]
+
+
+@pytest.mark.parametrize("path", INT8_PATHS)
+def test_a_nan_stays_in_its_row_and_changes_no_other_rows_outliers(path):
+    torch.manual_seed(0)
+    x = torch.randn(4, 16).clamp_(-3, 3)
+    x[2, 5] = 8.0  # row 2 makes column 5 an outlier
+    weight = torch.randn(16, 6)
+    with forced(path):
+        clean = mixed_precision_forward(x, weight, 6.0)
+        x[0, 5] = float("nan")  # a NaN in the outlier column, in another row
+        with_nan = mixed_precision_forward(x, weight, 6.0)
+    assert torch.isnan(with_nan[0]).all()
+    assert torch.equal(with_nan[1:], clean[1:])

@@ -1,0 +1,146 @@
+"""Tests of toolkit/wanda.py: exact masks, Wanda against magnitude on planted salient inputs, compact 2:4 storage."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from toolkit.calibration import collect_linear_inputs
+from toolkit.evaluation import tiny_model
+from toolkit.wanda import (apply_magnitude_pruning, apply_wanda_pruning, from_nm_state_dict, is_nm_sparse,
+                           nm_mask, parse_pattern, to_nm_state_dict, to_semi_structured)
+
+
+def _toy(seed=0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
+
+
+def _batches(seed=0, n=3, width=64):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, width, generator=generator) for _ in range(n)]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77, 1.0])
+def test_unstructured_exact_count_per_row(sparsity):
+    model = apply_wanda_pruning(_toy(), _batches(), sparsity, progress=False, skip=())
+    for layer in (model[0], model[2]):
+        zeros = (layer.weight == 0).sum(dim=1)
+        assert (zeros == round(sparsity * layer.in_features)).all()
+
+
+@pytest.mark.parametrize("prune", ["wanda", "magnitude"])
+def test_two_four_exact_pattern(prune):
+    model = _toy()
+    if prune == "wanda":
+        apply_wanda_pruning(model, _batches(), None, "2:4", progress=False, skip=())
+    else:
+        apply_magnitude_pruning(model, 0.5, "2:4", skip=())
+    for layer in (model[0], model[2]):
+        blocks = (layer.weight == 0).view(layer.out_features, -1, 4).sum(dim=2)
+        assert (blocks == 2).all()
+        assert is_nm_sparse(layer.weight)
+
+
+def test_wanda_scores_weight_times_input_norm():
+    model = _toy()
+    batches = _batches()
+    norms = collect_linear_inputs(model, batches, progress=False)["0"].norm
+    expected = (model[0].weight.abs() * norms).clone()
+    apply_wanda_pruning(model, batches, 0.5, skip=("2",), progress=False)
+    kept = model[0].weight != 0
+    # Every kept score of a row is at least every pruned score of that row.
+    low_kept = torch.where(kept, expected, torch.inf).amin(dim=1)
+    high_pruned = torch.where(kept, -torch.inf, expected).amax(dim=1)
+    assert (low_kept >= high_pruned).all()
+    assert (model[2].weight != 0).all()  # skipped
+
+
+def test_output_head_skipped_by_default_and_stats_reused():
+    model, tokenizer = tiny_model("causal")
+    head = model.lm_head.weight.clone()
+    batches = [torch.randint(5, 1000, (2, 16))]
+    stats = collect_linear_inputs(model, batches, progress=False)
+    apply_wanda_pruning(model, stats, 0.5)
+    assert torch.equal(model.lm_head.weight, head)
+    assert (model.model.layers[0].mlp.up_proj.weight == 0).float().mean() == 0.5
+
+
+def test_wanda_runs_on_bert():
+    model, _ = tiny_model("masked")
+    apply_wanda_pruning(model, [torch.randint(5, 1000, (2, 16))], None, pattern="2:4", progress=False)
+    assert is_nm_sparse(model.bert.encoder.layer[0].intermediate.dense.weight)
+    assert not is_nm_sparse(model.cls.predictions.decoder.weight)
+
+
+def test_wanda_beats_magnitude_on_planted_salient_channels():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 128, generator=generator)
+    salient = [3, 40, 77, 100]
+    x[:, salient] *= 50
+    layer = nn.Linear(128, 64, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(64, 128, generator=generator))
+        layer.weight[:, salient] /= 10  # small weights that carry large inputs
+    reference = layer(x)
+    for pattern, sparsity in ((None, 0.5), ("2:4", None)):
+        wanda = apply_wanda_pruning(nn.Sequential(copy.deepcopy(layer)), [x[:128]], sparsity, pattern,
+                                    progress=False)
+        magnitude = apply_magnitude_pruning(nn.Sequential(copy.deepcopy(layer)), sparsity, pattern)
+        with torch.no_grad():
+            wanda_error = (wanda(x) - reference).pow(2).sum()
+            magnitude_error = (magnitude(x) - reference).pow(2).sum()
+        assert wanda_error < 0.5 * magnitude_error, pattern
+
+
+def test_nm_state_dict_bit_identical_and_compact():
+    model, _ = tiny_model("causal")
+    apply_magnitude_pruning(model, None, "2:4")
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, :4] = torch.tensor([0.0, -0.0, 0.0, 0.5])  # fewer non-zeros
+    compact = to_nm_state_dict(model)
+    name = "model.layers.0.mlp.up_proj.weight"
+    weight = model.get_submodule(name.removesuffix(".weight")).weight
+    out_features, in_features = weight.shape
+    assert compact[name + ".nm_values"].shape == (out_features, in_features // 2)
+    assert compact[name + ".nm_index"].dtype == torch.uint8
+    assert compact[name + ".nm_index"].numel() == out_features * in_features // 2 * 2 // 8
+    assert "model.embed_tokens.weight" in compact and "lm_head.weight" in compact  # dense entries
+    fresh, _ = tiny_model("causal", seed=7)
+    from_nm_state_dict(fresh, compact)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    dense_bytes = weight.numel() * 4
+    compact_bytes = sum(compact[name + s].numel() * compact[name + s].element_size()
+                        for s in (".nm_values", ".nm_index", ".nm_shape"))
+    assert compact_bytes == dense_bytes * 17 // 32 + 4 * 8  # values, positions, shape
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: apply_wanda_pruning(m, _batches(), 0.3, "2:4", skip=()), "means sparsity 0.5"),
+    (lambda m: apply_wanda_pruning(m, _batches(), 1.5, skip=()), "in \\[0, 1\\]"),
+    (lambda m: apply_wanda_pruning(m, _batches(), None, skip=()), "give a sparsity"),
+    (lambda m: apply_wanda_pruning(m, _batches(), None, "4:2", skip=()), "0 < N < M"),
+    (lambda m: apply_wanda_pruning(m, _batches(), None, "two:four", skip=()), "N:M"),
+    (lambda m: apply_magnitude_pruning(m, None, "2:3", skip=()), "divisible by 3"),
+    (lambda m: apply_wanda_pruning(m, _batches(), 0.5, skip=("0", "2")), "no nn.Linear"),
+    (lambda m: apply_wanda_pruning(m, {"0": None}, 0.5, skip=()), "lack"),
+])
+def test_bad_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(_toy())
+
+
+def test_wanda_checks_pattern_before_calibrating():
+    model = nn.Sequential(nn.Linear(6, 4))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        apply_wanda_pruning(model, ["never run"], None, "2:4", skip=())
+
+
+def test_masks_and_cpu_semi_structured_guard():
+    assert parse_pattern("2:4") == (2, 4)
+    keep = nm_mask(torch.tensor([[1.0, 4.0, 3.0, 2.0, 0.0, -1.0, 5.0, 6.0]]), 2, 4)
+    assert keep.tolist() == [[False, True, True, False, False, False, True, True]]
+    model = apply_magnitude_pruning(_toy(), None, "2:4", skip=())
+    if not torch.cuda.is_available():
+        assert to_semi_structured(model, skip=()) == []

@@ -1,0 +1,295 @@
+"""One-shot pruning by weight and activation (Wanda, Sun et al., 2023), N:M patterns, compact 2:4 storage.
+
+- `apply_wanda_pruning`: score S_ij = |W_ij| * ||X_j||_2 (X_j: input channel j over the calibration
+  tokens, from `toolkit.calibration`) and, within each output row, zero the lowest-scored weights:
+  exactly round(sparsity * in_features) per row, or N:M (keep the N best of every M consecutive input
+  weights of each row, e.g. 2:4). No weight update.
+- `apply_magnitude_pruning`: the same masks from S_ij = |W_ij| (the baseline Wanda is compared with).
+- `nm_mask` / `row_mask`: the masks themselves, for any score matrix.
+- `to_nm_state_dict` / `from_nm_state_dict`: a state dict where every N:M weight is stored as its kept
+  values (out, in * N / M) plus their positions in each block of M, packed (2 bits each for 2:4):
+  a 2:4 float32 weight takes 17/32 of its dense bytes (16 bits of values and 1 bit of index per
+  weight, against 32), bit-identical on reload.
+- `to_semi_structured`: on CUDA, where torch's semi-structured sparse tensors exist, swap the 2:4
+  weights for them (sparse tensor-core kernels). CPUs keep dense weights and dense kernels.
+
+By default the output head stays dense, as in `toolkit.layers.quantize_model`. Statistics come from
+one calibration pass over the dense model; the paper's reference implementation instead feeds each
+block the outputs of the already pruned blocks before it, which can do a little better at high
+sparsity. It does not fine-tune after pruning or implement SparseGPT's weight reconstruction.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from toolkit.calibration import LinearInputStats, collect_linear_inputs
+from toolkit.layers import _default_skip
+from toolkit.packing import pack_bits, unpack_bits
+
+# Key suffixes of an N:M weight stored by to_nm_state_dict.
+_NM_VALUES, _NM_INDEX, _NM_SHAPE = ".nm_values", ".nm_index", ".nm_shape"
+
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """'N:M' -> (N, M) with 0 < N < M; e.g. '2:4' -> (2, 4).
+
+    Raises:
+        ValueError: not of the form 'N:M' with integers 0 < N < M.
+    """
+    try:
+        n, m = (int(part) for part in str(pattern).split(":"))
+    except ValueError:
+        raise ValueError(f"pattern must look like 'N:M' (e.g. '2:4'), got {pattern!r}") from None
+    if not 0 < n < m:
+        raise ValueError(f"pattern {pattern!r} needs 0 < N < M")
+    return n, m
+
+
+def _check_sparsity(sparsity: float | None, pattern: str | None) -> tuple[float | None, tuple[int, int] | None]:
+    if pattern is None:
+        if sparsity is None:
+            raise ValueError("give a sparsity in [0, 1] or an N:M pattern such as '2:4'")
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity <= 1:
+            raise ValueError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
+        return float(sparsity), None
+    n, m = parse_pattern(pattern)
+    if sparsity is not None and not math.isclose(sparsity, (m - n) / m):
+        raise ValueError(f"pattern {pattern!r} means sparsity {(m - n) / m:g}; got sparsity={sparsity!r} "
+                         "(pass None or that value)")
+    return (m - n) / m, (n, m)
+
+
+def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask zeroing exactly round(sparsity * in) lowest scores of each row.
+
+    Args:
+        scores: float (out, in); sparsity: fraction in [0, 1].
+
+    Returns:
+        bool (out, in), True where the weight is kept.
+    """
+    pruned = round(sparsity * scores.shape[1])
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if pruned:
+        lowest = torch.topk(scores, pruned, dim=1, largest=False).indices
+        keep.scatter_(1, lowest, False)
+    return keep
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask holding the n highest scores of every m consecutive entries of each row.
+
+    Args:
+        scores: float (out, in) with in % m == 0; n, m: the pattern (0 < n < m).
+
+    Returns:
+        bool (out, in): exactly n True in every block of m.
+
+    Raises:
+        ValueError: in_features not divisible by m.
+    """
+    out_features, in_features = scores.shape
+    if in_features % m:
+        raise ValueError(f"an {n}:{m} pattern needs in_features divisible by {m}, got {in_features}")
+    blocks = scores.reshape(out_features, in_features // m, m)
+    best = torch.topk(blocks, n, dim=2).indices
+    keep = torch.zeros_like(blocks, dtype=torch.bool).scatter_(2, best, True)
+    return keep.view(out_features, in_features)
+
+
+def _targets(model: nn.Module, skip: Iterable[str] | None) -> dict[str, nn.Linear]:
+    if isinstance(model, nn.Linear):
+        raise ValueError("pass the model holding the layers, not a lone nn.Linear")
+    skip = _default_skip(model) if skip is None else set(skip)
+    targets = {name: module for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and not (name in skip or name.rpartition(".")[2] in skip)}
+    if not targets:
+        raise ValueError(f"no nn.Linear to prune in {type(model).__name__} (skip={sorted(skip)})")
+    return targets
+
+
+def _check_divisible(layers: Mapping[str, nn.Linear], nm: tuple[int, int] | None) -> None:
+    for name, layer in layers.items():
+        if nm is not None and layer.in_features % nm[1]:
+            raise ValueError(f"layer {name!r}: an {nm[0]}:{nm[1]} pattern needs in_features divisible by "
+                             f"{nm[1]}, got {layer.in_features}")
+
+
+@torch.no_grad()
+def _prune(model: nn.Module, layers: Mapping[str, nn.Linear], norms: Mapping[str, torch.Tensor] | None,
+           sparsity: float, nm: tuple[int, int] | None) -> None:
+    _check_divisible(layers, nm)
+    for name, layer in layers.items():
+        scores = layer.weight.detach().abs().float()
+        if norms is not None:
+            scores = scores * norms[name].to(scores.device)[None, :]
+        keep = nm_mask(scores, *nm) if nm is not None else row_mask(scores, sparsity)
+        layer.weight.mul_(keep)
+
+
+def apply_wanda_pruning(
+    model: nn.Module,
+    calibration: Iterable | Mapping[str, LinearInputStats],
+    sparsity: float | None,
+    pattern: str | None = None,
+    *,
+    skip: Iterable[str] | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Wanda: zero the weights of lowest |W_ij| * ||X_j||_2 within each output row, in place.
+
+    Args:
+        model: a model whose `nn.Linear` layers are pruned (weights zeroed in place, same dtype/shape).
+        calibration: calibration batches (tensors of input ids or dicts of model inputs, see
+            `toolkit.calibration.collect_linear_inputs`) or the statistics dict it returned.
+        sparsity: fraction of each row's weights to zero (exactly round(sparsity * in_features) per
+            row); with a pattern, None or (M - N) / M.
+        pattern: None (unstructured) or 'N:M', e.g. '2:4': N kept in every M consecutive input weights.
+        skip: names (full or last part) of layers kept dense; None: the output head (as quantize_model).
+        progress: show the calibration progress bar.
+
+    Returns:
+        `model` itself.
+
+    Raises:
+        ValueError: bad sparsity or pattern, a layer whose in_features is not divisible by M, no layer
+            to prune, or statistics missing a layer.
+    """
+    sparsity, nm = _check_sparsity(sparsity, pattern)
+    layers = _targets(model, skip)
+    if isinstance(calibration, Mapping):
+        missing = sorted(set(layers) - set(calibration))
+        if missing:
+            raise ValueError(f"the calibration statistics lack {missing[:3]}")
+        stats = calibration
+    else:
+        _check_divisible(layers, nm)  # fail before the calibration pass
+        stats = collect_linear_inputs(model, calibration, layers=list(layers), progress=progress)
+    _prune(model, layers, {name: stats[name].norm for name in layers}, sparsity, nm)
+    return model
+
+
+def apply_magnitude_pruning(
+    model: nn.Module, sparsity: float | None, pattern: str | None = None, *, skip: Iterable[str] | None = None
+) -> nn.Module:
+    """The magnitude baseline of `apply_wanda_pruning`: the same per-row or N:M masks from |W_ij| alone.
+
+    Args and Raises: as `apply_wanda_pruning`, without calibration.
+
+    Returns:
+        `model` itself, pruned in place.
+    """
+    sparsity, nm = _check_sparsity(sparsity, pattern)
+    _prune(model, _targets(model, skip), None, sparsity, nm)
+    return model
+
+
+def is_nm_sparse(weight: torch.Tensor, n: int = 2, m: int = 4) -> bool:
+    """Whether every block of m consecutive entries of each row of `weight` (out, in) has <= n non-zeros."""
+    if weight.dim() != 2 or weight.shape[1] % m:
+        return False
+    return bool(((weight != 0).view(weight.shape[0], -1, m).sum(dim=2) <= n).all())
+
+
+def to_nm_state_dict(model: nn.Module, pattern: str = "2:4") -> dict[str, torch.Tensor]:
+    """The model's state dict with every N:M sparse 2-d weight stored compactly.
+
+    A weight `name` (out, in) with at most N non-zeros in every block of M becomes
+    `name.nm_values` (out, in * N / M, original dtype: the kept entries of each block in order),
+    `name.nm_index` (uint8, their positions 0..M-1 in the block, packed with `pack_bits` at
+    ceil(log2 M) bits) and `name.nm_shape` (int64). Other tensors are kept as they are. For 2:4 and
+    float32: 2 values and 2 two-bit positions per block of 4, 68 bits instead of 128.
+
+    Args:
+        model: e.g. after `apply_wanda_pruning(..., pattern="2:4")`.
+        pattern: 'N:M' with ceil(log2 M) in (1, 2, 4).
+
+    Returns:
+        dict from names to tensors (`safetensors.torch.save_file` writes it).
+
+    Raises:
+        ValueError: bad pattern.
+    """
+    n, m = parse_pattern(pattern)
+    bits = max(1, math.ceil(math.log2(m)))
+    if bits not in (1, 2, 4):
+        raise ValueError(f"pattern {pattern!r}: block positions need {bits} bits; 1, 2 or 4 are supported")
+    compact = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        if name.endswith("weight") and tensor.is_floating_point() and is_nm_sparse(tensor, n, m):
+            out_features, in_features = tensor.shape
+            blocks = tensor.reshape(out_features, in_features // m, m)
+            # The positions of the non-zeros first (stable), padded with zero entries, then in order.
+            order = torch.sort((blocks == 0).to(torch.uint8), dim=2, stable=True).indices[..., :n]
+            index = order.sort(dim=2).values
+            compact[name + _NM_VALUES] = torch.gather(blocks, 2, index).reshape(out_features, -1).contiguous()
+            compact[name + _NM_INDEX] = pack_bits(index, bits)
+            compact[name + _NM_SHAPE] = torch.tensor([out_features, in_features, n, m], dtype=torch.int64)
+        else:
+            compact[name] = tensor.contiguous()
+    return compact
+
+
+def from_nm_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load a dict from `to_nm_state_dict` into `model` (same architecture), in place.
+
+    Every value comes back identical (a -0.0 pruned weight returns as +0.0).
+
+    Returns:
+        `model` itself.
+
+    Raises:
+        ValueError: an N:M entry without its index or shape.
+    """
+    dense = {}
+    for name, tensor in state.items():
+        if name.endswith(_NM_VALUES):
+            base = name.removesuffix(_NM_VALUES)
+            if base + _NM_INDEX not in state or base + _NM_SHAPE not in state:
+                raise ValueError(f"N:M entry {base!r} needs {base + _NM_INDEX!r} and {base + _NM_SHAPE!r}")
+            out_features, in_features, n, m = state[base + _NM_SHAPE].tolist()
+            bits = max(1, math.ceil(math.log2(m)))
+            index = unpack_bits(state[base + _NM_INDEX], bits, out_features * in_features // m * n)
+            index = index.view(out_features, in_features // m, n).long()
+            blocks = torch.zeros(out_features, in_features // m, m, dtype=tensor.dtype, device=tensor.device)
+            blocks.scatter_(2, index.to(tensor.device), tensor.view(out_features, -1, n))
+            dense[base] = blocks.view(out_features, in_features)
+        elif not name.endswith((_NM_INDEX, _NM_SHAPE)):
+            dense[name] = tensor
+    model.load_state_dict(dense)
+    return model
+
+
+def to_semi_structured(model: nn.Module, *, skip: Iterable[str] | None = None) -> list[str]:
+    """On CUDA, replace the 2:4 weights of fp16/bf16 linear layers by torch's semi-structured sparse tensors.
+
+    A no-op on CPU or where `torch.sparse.to_sparse_semi_structured` is missing (dense kernels are
+    then used); layers whose shape or dtype the sparse kernels refuse stay dense.
+
+    Args:
+        model: after 2:4 pruning, on its final device and dtype.
+        skip: as `apply_wanda_pruning`.
+
+    Returns:
+        the names of the converted layers (empty on CPU).
+    """
+    converter = getattr(torch.sparse, "to_sparse_semi_structured", None)
+    converted = []
+    if converter is None or not torch.cuda.is_available():
+        return converted
+    for name, layer in _targets(model, skip).items():
+        weight = layer.weight
+        if weight.device.type != "cuda" or weight.dtype not in (torch.float16, torch.bfloat16) \
+                or not is_nm_sparse(weight, 2, 4):
+            continue
+        try:
+            layer.weight = nn.Parameter(converter(weight.detach()), requires_grad=False)
+        except (RuntimeError, ValueError):
+            continue
+        converted.append(name)
+    return converted
