@@ -177,9 +177,8 @@ def set_int8_matmul_path(path: str | None) -> None:
 def int8_matmul_path(device: str | torch.device = "cpu") -> str:
     """The path `int8_matmul` takes on `device`: 'int_mm' (`torch._int_mm`) or 'fp32' (K-chunks).
 
-    Unless forced: 'int_mm' on CUDA; on a CPU, 'int_mm' when torch reports int8 dot-product
-    instructions (AVX-512 VNNI, AMX) or one timed product finds `_int_mm` exact and faster
-    than the fp32 chunks (AVX-VNNI, ARM dotprod), else 'fp32' (`_int_mm` ~20x slower there).
+    Unless forced: 'int_mm' on CUDA and on CPUs with int8 dot-product instructions (AVX-512 VNNI or AMX
+    per torch; else one timed product must find `_int_mm` exact and faster); else 'fp32' (AVX2: ~20x faster).
     """
     if not _int8_path and os.environ.get("LAB_INT8_PATH"):
         set_int8_matmul_path(os.environ["LAB_INT8_PATH"])
@@ -196,13 +195,16 @@ def _int_mm_wins() -> bool:
     """Is CPU `torch._int_mm` exact on extreme codes and faster than the fp32 chunks (best of 3)?"""
     a = torch.randint(-128, 128, (128, 1024), dtype=torch.int8, generator=torch.Generator().manual_seed(0))
     a[0], a[1] = 127, -128  # int8 kernels that add pairs in int16 (no VNNI) saturate on these
-    times = {path: math.inf for path in INT8_PATHS}
+    b, times = a[:64].t(), {path: math.inf for path in INT8_PATHS}
+    try:  # a torch build may have no CPU kernel for it
+        if not torch.equal(torch._int_mm(a, b), _fp32_chunk_matmul(a, b)):
+            return False
+    except RuntimeError:
+        return False
     for path in INT8_PATHS * 3:
         start = time.perf_counter()
-        out = torch._int_mm(a, a[:64].t()) if path == "int_mm" else _fp32_chunk_matmul(a, a[:64].t())
+        torch._int_mm(a, b) if path == "int_mm" else _fp32_chunk_matmul(a, b)
         times[path] = min(times[path], time.perf_counter() - start)
-        if path == "int_mm" and not torch.equal(out, _fp32_chunk_matmul(a, a[:64].t())):
-            return False
     return times["int_mm"] < times["fp32"]
 
 
@@ -217,9 +219,8 @@ def _fp32_chunk_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact int8 x int8 matrix product with int32 accumulation, on the path `int8_matmul_path` names.
 
-    'int_mm': `torch._int_mm` (on CUDA only when M > 16 and K, N are multiples of 8) with b
-    column-major, the layout cuBLASLt and oneDNN's VNNI kernels want; its int32 sums are
-    exact while K * 2**14 < 2**31. 'fp32': float32 GEMMs over K-chunks of at most 1024.
+    'int_mm': `torch._int_mm` (on CUDA if M > 16 and K, N are multiples of 8), b column-major as cuBLASLt
+    and oneDNN's VNNI kernels want; exact int32 sums. 'fp32': float32 GEMMs over K-chunks of <= 1024.
 
     Why the fp32 chunks are exact: every product |a_ik * b_kj| <= 128 * 128 = 2**14,
     and whatever order, blocking or FMA the BLAS uses, every intermediate of a
@@ -252,7 +253,9 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if k > _MAX_INT8_K:
         raise ValueError(f"K={k} could overflow the int32 accumulator (at most {_MAX_INT8_K})")
     if int8_matmul_path(a.device) == "int_mm" and (not a.is_cuda or (m > 16 and k % 8 == 0 and n % 8 == 0)):
-        return torch._int_mm(a, b if b.stride(0) == 1 else b.t().contiguous().t())
+        # b column-major (strides (1, >= K)), except at K = 1: CPU _int_mm misreads strides (1, 1)
+        column_major = b.stride(0) == 1 and b.stride(1) >= k > 1
+        return torch._int_mm(a, b if column_major else b.contiguous() if k == 1 else b.t().contiguous().t())
     return _fp32_chunk_matmul(a, b)
 
 
@@ -282,8 +285,7 @@ def absmax_quantize(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tens
     # BEGIN SOLUTION (Exercise 1)
     # TODO: absmax = max |x| along dim, in float32, keeping the dimension.
     # TODO: alpha = 127 / absmax where absmax > 0, else 1 (as in QuantizedVector).
-    # TODO: where alpha overflows to inf (absmax < 127 / 3.4e38), multiply those slices of x
-    #       and their absmax by 2**64 first (exact) and compute alpha from the scaled absmax.
+    # TODO: where alpha overflows to inf (absmax < 3.7e-37), first scale x and absmax by 2**64 (exact).
     # TODO: codes = round(x * alpha) as torch.int8.
     absmax = x.abs().amax(dim=dim, keepdim=True)
     # A true float32 division, rounded once like QuantizedVector's: `127.0 / absmax`

@@ -35,8 +35,9 @@ def print_targets(folder: Path, scripts: Sequence[str]) -> None:
         met = sum(row["verdict"] == "PASS" for row in rows)
         print(f"\ntargets of {script}: {met} met, {len(rows) - met} missed")
         for row in rows:
-            where = " ".join(f"{key}={row[key]}" for key in ("shape", "rows", "outlier_cols") if key in row)
-            print(f"  {'met   ' if row['verdict'] == 'PASS' else 'MISSED'} {row['target']} {where}: "
+            label = " ".join([row["target"]] + [f"{key}={row[key]}" for key in ("shape", "rows", "outlier_cols")
+                                                 if key in row])
+            print(f"  {'met   ' if row['verdict'] == 'PASS' else 'MISSED'} {label}: "
                   f"{float(row['measured']):.3g} (limit {float(row['limit']):.3g})")
     machine = next((line for script in scripts if (folder / f"bench_{script}.md").exists()
                     for line in (folder / f"bench_{script}.md").read_text().splitlines()

@@ -84,6 +84,16 @@ def test_both_paths_equal_the_integer_product_for_any_shape_and_layout(path, m, 
 
 
 @pytest.mark.parametrize("path", INT8_PATHS)
+@pytest.mark.parametrize("layout", ["sliced", "transposed"])
+def test_a_single_inner_dimension_is_exact_whatever_the_strides(path, layout):
+    # At K = 1 a column-major copy of b has strides (1, 1), which CPU _int_mm misreads (found by hypothesis).
+    a = torch.tensor([[-128], [3]], dtype=torch.int8)
+    b = torch.tensor([[-128, -11, 127]], dtype=torch.int8)
+    with forced(path):
+        assert torch.equal(int8_matmul(a, any_layout(b, layout)).long(), reference(a, b))
+
+
+@pytest.mark.parametrize("path", INT8_PATHS)
 def test_both_paths_are_exact_at_the_largest_k(path):
     # Rows and columns of extremes: sums reach -128 * -128 * K = 2**31 - 2**14, the int32 edge.
     a = torch.stack([torch.full((MAX_K,), -128), torch.full((MAX_K,), 127), torch.full((MAX_K,), -128)])
