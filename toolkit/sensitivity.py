@@ -8,7 +8,8 @@ restores the target before the next probe. Probes:
 - magnitude pruning at each fraction in `prune` (each layer on its own, the lab's `apply_weight_pruning`),
 - Wanda pruning at the same fractions when `calibration` is given (`toolkit.wanda`, one calibration pass
   shared by all probes),
-- quantization to each format in `quantize` ('int8', 'int4', '1.58bit', ... of `QuantizedLinear`).
+- quantization to each format in `quantize` ('int8' without outlier threshold, 'int4', '1.58bit', ... of
+  `QuantizedLinear`).
 
 `plot_sensitivity` draws perplexity against the compression level, one line per target and method.
 
