@@ -159,7 +159,7 @@ def distillation_objective(
     Args:
         student_logits: floating tensor `(..., classes)`.
         teacher_logits: tensor of the same shape.
-        labels: int64 tensor of shape `logits.shape[:-1]`; -100 marks ignored positions.
+        labels: integer tensor (int32, int64, uint8, ...) of shape `logits.shape[:-1]`; -100 marks ignored positions.
         temperature: T > 0 of the KD term.
         alpha: weight in [0, 1] of the KD term; 1 - alpha weighs the CE term.
         shift_labels: True for causal LMs: logits at position t are scored against the
@@ -169,11 +169,14 @@ def distillation_objective(
         `(loss, terms)`: the 0-d loss to backpropagate and detached 0-d 'kd' and 'ce'.
 
     Raises:
+        TypeError: labels that are not integer class indices (float or bool).
         ValueError: alpha outside [0, 1], labels whose shape does not match the logits,
             no labelled position.
     """
     _check_alpha(alpha)
-    labels = _target_labels(labels, shift_labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
+    labels = _target_labels(labels, shift_labels).long()  # int32 / uint8 labels too
     if shift_labels:
         student_logits, teacher_logits = student_logits[..., :-1, :], teacher_logits[..., :-1, :]
     if labels.shape != student_logits.shape[:-1]:

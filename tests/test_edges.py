@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
-from distillation import compute_distillation_loss
+from distillation import compute_distillation_loss, distillation_objective
 from quantization import FORMATS, QuantizedVector
 from toolkit.evaluation import parameter_count, perplexity, tiny_tokenizer
 from toolkit.layers import QuantizedLinear, quantize_model
@@ -194,6 +194,22 @@ def test_student_minus_inf_where_teacher_has_mass_is_infinite():
 
 # ---------------------------------------------------------------------------
 # 11. max_length can exceed the model's positions
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.int16])
+def test_objective_takes_labels_of_any_integer_dtype(dtype):
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 3), torch.randn(6, 3)
+    labels = torch.tensor([0, 2, 1, 1, 0, 2])
+    expected, _ = distillation_objective(student, teacher, labels, 2.0, 0.5)
+    loss, _ = distillation_objective(student, teacher, labels.to(dtype), 2.0, 0.5)
+    assert torch.equal(loss, expected)
+
+
+@pytest.mark.parametrize("labels", [torch.zeros(4), torch.zeros(4, dtype=torch.bool)])
+def test_objective_refuses_labels_that_are_not_class_indices(labels):
+    with pytest.raises(TypeError, match="labels must be integer class indices"):
+        distillation_objective(torch.randn(4, 3), torch.randn(4, 3), labels, 2.0, 0.5)
+
 
 def test_masked_perplexity_refuses_max_length_beyond_positions():
     with pytest.raises(ValueError, match=r"max_length=128 exceeds the model's 32 positions"):

@@ -26,7 +26,8 @@ in exact arithmetic. Here:
   ||X (Q(W diag(s)) diag(s)^-1 - W)^T||^2 on a sample of calibration rows (alpha = 0 is
   round-to-nearest, so the search never does worse on that sample); folds every chosen s; then,
   optionally, searches per (row, group) a clipping ratio of the quantization range among
-  1, 0.95, ..., 0.55 by the group's output error (as AWQ's clipping search).
+  1, 0.95, ..., 0.55 by the group's output error (as AWQ's clipping search, which leaves the
+  query and key projections unclipped).
 
 It does not quantize (quantize_model does, with the returned clipping ratios), update weights by
 second-order information (GPTQ), search scales layer after layer on the already quantized model's
@@ -47,6 +48,7 @@ from toolkit.layers import int4_dequantize, int4_quantize
 
 ALPHA_GRID = tuple(i / 20 for i in range(20))  # AWQ's grid: 20 points in [0, 1)
 CLIP_GRID = tuple(1 - i / 20 for i in range(10))  # AWQ's clipping: max shrink 0.5, 20-step grid
+NO_CLIP = ("q_proj", "k_proj", "query", "key")  # query and key projections (Llama, BERT names)
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,8 @@ def activation_aware_search(
         progress: show tqdm bars.
 
     Returns:
-        (clip ratios: layer name -> float32 (out, in // group_size), empty without `clip`;
+        (clip ratios: layer name -> float32 (out, in // group_size), empty without `clip` and
+        absent for the query and key projections;
         one dict per scaled group: 'previous', 'layers', 'alpha', 'error', 'rtn_error').
 
     Raises:
@@ -256,7 +259,10 @@ def activation_aware_search(
         input_scale.update({name: s for name in group.layers})
     clip_ratios = {}
     if clip:
-        for name in tqdm(targets, desc="AWQ clipping search", disable=not progress):
+        # As AWQ: no clipping for query and key, whose error shows in the attention scores, which the
+        # per-layer output error does not measure.
+        clipped = [name for name in targets if name.rpartition(".")[2] not in NO_CLIP]
+        for name in tqdm(clipped, desc="AWQ clipping search", disable=not progress):
             layer = model.get_submodule(name)
             x = stats[name].sample
             if name in input_scale:
