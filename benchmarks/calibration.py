@@ -1,6 +1,7 @@
 """Calibration-aware compression benchmark: int4 (round-to-nearest, activation-aware), nf4, magnitude vs Wanda.
 
-One model, one run, one calibration pass: perplexity of fp32 and of each variant, as a ratio to fp32.
+One model, one run, one calibration pass shared by AWQ (and Wanda with `--wanda-one-pass`): perplexity
+of fp32 and of each variant, as a ratio to fp32.
 
 - int4 RTN: `quantize_model(model, "int4", group_size=G)`, round-to-nearest, asymmetric, group G.
 - int4 AWQ: the same with `calibration=` (activation-aware scales folded into the previous op, and
@@ -9,7 +10,8 @@ One model, one run, one calibration pass: perplexity of fp32 and of each variant
   `save_pretrained` copy (compute dtype float32; bnb also keeps the output head in float).
 - magnitude 50%: each row of each layer loses its 50% smallest |w| (`toolkit.wanda.apply_magnitude_pruning`);
   "magnitude 50% (lab, per layer)" is the lab's `apply_weight_pruning` on each layer.
-- Wanda 50% / 2:4 and magnitude 2:4 (`toolkit.wanda`).
+- Wanda 50% / 2:4 and magnitude 2:4 (`toolkit.wanda`); Wanda prunes block by block from the calibration
+  batches (its default), or from the shared one-pass statistics with `--wanda-one-pass`.
 
 Every variant keeps the output head in float. Calibration: `--calibration-samples` windows of `--seq-len`
 tokens of the train split; scoring: `toolkit.evaluation.perplexity` on the test split (windows of
@@ -20,7 +22,7 @@ windows of 128 tokens, about two minutes on one core, test perplexity about 12);
 `tiny_model` with 40 steps. Such small models have no outlier channels, so the methods differ little
 on them: the verdicts show the code path, not the methods' worth.
 
-Run: `python benchmarks/calibration.py [--model PATH] [--quick] [--device cpu|cuda] [--threads N]`.
+Run: `python benchmarks/calibration.py [--model PATH] [--quick] [--wanda-one-pass] [--device cpu|cuda] [--threads N]`.
 """
 from __future__ import annotations
 
@@ -107,8 +109,11 @@ def _bnb_nf4(folder: Path, kind: str, device: torch.device) -> nn.Module:
 
 def run(model: nn.Module, tokenizer, eval_texts: Sequence[str], calib_texts: Sequence[str], device: torch.device,
         *, group_size: int, samples: int, seq_len: int, bnb_folder: Path | None,
-        progress: bool = False) -> list[Table]:
-    """Build every variant from `model` (fp32, on `device`) and score it; returns the result and target tables."""
+        wanda_sequential: bool = True, progress: bool = False) -> list[Table]:
+    """Build every variant from `model` (fp32, on `device`) and score it; returns the result and target tables.
+
+    `wanda_sequential`: Wanda prunes block by block from the batches (False: from the shared one-pass statistics).
+    """
     kind = model_kind(model)
     model = model.float().to(device).eval()
     batches = calibration_batches(tokenizer, calib_texts, n_samples=samples, seq_len=seq_len, batch_size=4, kind=kind)
@@ -117,8 +122,9 @@ def run(model: nn.Module, tokenizer, eval_texts: Sequence[str], calib_texts: Seq
     stats = collect_linear_inputs(model, batches, layers=list(_targets(model)), sample=True, progress=progress)
     calibration_s = time.perf_counter() - began
     base = score(model)
-    table = Table("calibration", "Perplexity relative to fp32 (one calibration pass shared by AWQ and Wanda)",
-                  COLUMNS)
+    shared = "AWQ" if wanda_sequential else "AWQ and Wanda"
+    table = Table("calibration", f"Perplexity relative to fp32 (one calibration pass shared by {shared})", COLUMNS)
+    wanda_calibration = batches if wanda_sequential else stats
     table.add(method="fp32", perplexity=base, ratio_to_fp32=1.0, seconds=0.0)
     builds: dict[str, Callable[[], nn.Module]] = {
         f"int4 g{group_size} RTN": lambda: quantize_model(copy.deepcopy(model), "int4", group_size=group_size,
@@ -128,9 +134,10 @@ def run(model: nn.Module, tokenizer, eval_texts: Sequence[str], calib_texts: Seq
         "bnb nf4 (block 64)": (lambda: _bnb_nf4(bnb_folder, kind, device)) if bnb_folder else None,
         "magnitude 50% (per row)": lambda: apply_magnitude_pruning(copy.deepcopy(model), 0.5),
         "magnitude 50% (lab, per layer)": lambda: _lab_magnitude(copy.deepcopy(model)),
-        "Wanda 50%": lambda: apply_wanda_pruning(copy.deepcopy(model), stats, 0.5),
+        "Wanda 50%": lambda: apply_wanda_pruning(copy.deepcopy(model), wanda_calibration, 0.5, progress=progress),
         "magnitude 2:4": lambda: apply_magnitude_pruning(copy.deepcopy(model), None, "2:4"),
-        "Wanda 2:4": lambda: apply_wanda_pruning(copy.deepcopy(model), stats, None, "2:4"),
+        "Wanda 2:4": lambda: apply_wanda_pruning(copy.deepcopy(model), wanda_calibration, None, "2:4",
+                                                 progress=progress),
     }
     ratios, exact_24 = {}, False
     for name, build in builds.items():
@@ -139,7 +146,8 @@ def run(model: nn.Module, tokenizer, eval_texts: Sequence[str], calib_texts: Seq
             continue
         began = time.perf_counter()
         variant = build()
-        seconds = time.perf_counter() - began + (calibration_s if "AWQ" in name or "Wanda" in name else 0.0)
+        uses_stats = "AWQ" in name or ("Wanda" in name and not wanda_sequential)
+        seconds = time.perf_counter() - began + (calibration_s if uses_stats else 0.0)
         value = score(variant)
         ratios[name] = value / base
         table.add(method=name, perplexity=value, ratio_to_fp32=value / base, seconds=seconds)
@@ -149,7 +157,7 @@ def run(model: nn.Module, tokenizer, eval_texts: Sequence[str], calib_texts: Seq
         del variant
     table.notes += [
         f"calibration: {samples} windows of {seq_len} tokens, {sum(s.tokens for s in stats.values()) // len(stats)} "
-        f"tokens per layer, {calibration_s:.1f} s (counted in the AWQ and Wanda seconds)",
+        f"tokens per layer, {calibration_s:.1f} s (counted in the {shared} seconds)",
         "seconds: time to build the variant (compression), not inference",
     ]
     awq, rtn = ratios.get(f"int4 g{group_size} AWQ", float("nan")), ratios.get(f"int4 g{group_size} RTN", float("nan"))
@@ -178,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
     parser.add_argument("--pretrain-steps", type=int, default=None,
                         help="steps of the default model's pretraining (default 300, --quick 40)")
     parser.add_argument("--no-bnb", action="store_true", help="skip the bitsandbytes nf4 row")
+    parser.add_argument("--wanda-one-pass", action="store_true",
+                        help="Wanda from the one-pass statistics shared with AWQ (default: block by block)")
     args = parser.parse_args(argv)
     device = setup(args)
     source = "auto" if args.model is not None and hub_available() else "local"
@@ -206,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
                 tokenizer.save_pretrained(folder)
                 bnb_folder = Path(folder)
         tables = run(model, tokenizer, eval_texts, calib_texts, device, group_size=args.group_size, samples=samples,
-                     seq_len=args.seq_len, bnb_folder=bnb_folder)
+                     seq_len=args.seq_len, bnb_folder=bnb_folder, wanda_sequential=not args.wanda_one_pass)
     tables[0].notes.insert(0, f"{described}; texts: load_texts(..., source={source!r})")
     report("calibration", header("Calibration-aware compression", device, args), tables, args.out)
     return tables

@@ -1,12 +1,14 @@
-"""Tests of toolkit/wanda.py: exact masks, Wanda against magnitude on planted salient inputs, compact 2:4 storage."""
+"""Tests of toolkit/wanda.py: exact masks, Wanda against magnitude on planted salient inputs, compact 2:4 storage,
+sequential (block by block) statistics checked against one-pass statistics of partly pruned models."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
+from toolkit import wanda
 from toolkit.calibration import collect_linear_inputs
-from toolkit.evaluation import tiny_model
+from toolkit.evaluation import tiny_model, tiny_tokenizer
 from toolkit.wanda import (apply_magnitude_pruning, apply_wanda_pruning, from_nm_state_dict, is_nm_sparse,
                            nm_mask, parse_pattern, to_nm_state_dict, to_semi_structured)
 
@@ -144,3 +146,160 @@ def test_masks_and_cpu_semi_structured_guard():
     model = apply_magnitude_pruning(_toy(), None, "2:4", skip=())
     if not torch.cuda.is_available():
         assert to_semi_structured(model, skip=()) == []
+
+
+# --- Sequential (block by block) Wanda -------------------------------------------------------------
+
+class _Block(nn.Module):
+    """A residual MLP block called by keyword that returns a tuple, as some Hugging Face blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, hidden_states: torch.Tensor, scale: float) -> tuple[torch.Tensor, None]:
+        return hidden_states + scale * self.down(torch.relu(self.up(hidden_states))), None
+
+
+class _Stack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([_Block(), _Block()])
+        self.head = nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(hidden_states=x, scale=0.5)[0]
+        return self.head(x)
+
+
+def _stack() -> _Stack:
+    torch.manual_seed(0)
+    return _Stack()
+
+
+def _spy_norms(monkeypatch) -> dict:
+    """Record the input norms every Wanda pruning step scores with, by layer name."""
+    seen = {}
+    original = wanda._prune
+
+    def spy(layers, norms, sparsity, nm):
+        seen.update({name: norm.clone() for name, norm in norms.items()})
+        original(layers, norms, sparsity, nm)
+
+    monkeypatch.setattr(wanda, "_prune", spy)
+    return seen
+
+
+def _lm_batches() -> list:
+    """A padded dict batch (two lines of different lengths) and a plain batch of ids."""
+    padded = tiny_tokenizer()(["a short line", "a much longer line of text than the first one"], padding=True,
+                       return_tensors="pt")
+    assert (padded["attention_mask"] == 0).any()
+    return [dict(padded), torch.randint(5, 1000, (2, 12), generator=torch.Generator().manual_seed(0))]
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("kind", ["masked", "causal"])
+@pytest.mark.parametrize("sparsity, pattern", [(0.5, None), (None, "2:4")])
+def test_sequential_exact_counts_and_patterns(kind, sparsity, pattern):
+    model, _ = tiny_model(kind, num_layers=2)
+    apply_wanda_pruning(model, _lm_batches(), sparsity, pattern, progress=False)
+    targets = wanda._targets(model, None)
+    assert any(not name.startswith(("bert.encoder.layer.", "model.layers.")) for name in targets) == (kind == "masked")
+    for name, layer in targets.items():
+        zeros = (layer.weight == 0).view(layer.out_features, -1, 4).sum(dim=2)
+        if pattern:
+            assert (zeros == 2).all(), name
+        else:
+            assert (zeros.sum(dim=1) == layer.in_features // 2).all(), name
+
+
+@pytest.mark.parametrize("kind", ["masked", "causal"])
+def test_sequential_statistics_equal_one_pass_when_nothing_changes(kind, monkeypatch):
+    model, _ = tiny_model(kind, num_layers=2)
+    batches = _lm_batches()
+    dense = collect_linear_inputs(model, batches, progress=False)
+    seen = _spy_norms(monkeypatch)
+    apply_wanda_pruning(model, batches, 0.0, progress=False)
+    assert set(seen) == set(wanda._targets(model, None))
+    for name, norm in seen.items():
+        torch.testing.assert_close(norm, dense[name].norm, msg=name)
+    # At 50% the first block still reads the dense model's inputs; the second does not.
+    seen.clear()
+    apply_wanda_pruning(model, batches, 0.5, progress=False)
+    first = wanda.find_blocks(model, seen)[0] + ".0."
+    for name, norm in seen.items():
+        if name.startswith(first):
+            torch.testing.assert_close(norm, dense[name].norm, msg=name)
+        else:
+            assert not torch.allclose(norm, dense[name].norm), name
+
+
+@pytest.mark.parametrize("build", ["causal", "stack"])
+def test_sequential_second_block_reads_the_pruned_first_block(build, monkeypatch):
+    if build == "stack":
+        model, batches, head = _stack(), [torch.randn(3, 5, 16), torch.randn(2, 16)], ["head"]
+    else:
+        model, _ = tiny_model("causal", num_layers=2)
+        batches, head = _lm_batches(), ["lm_head"]
+    blocks_name, blocks = wanda.find_blocks(model, wanda._targets(model, None))
+    block_one = [f"{blocks_name}.1.{name}" for name, m in blocks[1].named_modules() if isinstance(m, nn.Linear)]
+    reference = copy.deepcopy(model)
+    seen = _spy_norms(monkeypatch)
+    apply_wanda_pruning(model, batches, 0.5, progress=False)
+    # Independently: prune only block 0 from one dense pass, then one pass over that model.
+    apply_wanda_pruning(reference, batches, 0.5, skip=block_one + head, sequential=False, progress=False)
+    for name, parameter in reference.named_parameters():
+        if f"{blocks_name}.0." in name:
+            assert torch.equal(parameter, model.get_parameter(name)), name
+    after_block_zero = collect_linear_inputs(reference, batches, layers=block_one, progress=False)
+    for name in block_one:
+        torch.testing.assert_close(seen[name], after_block_zero[name].norm, msg=name)
+    if build == "stack":  # the layer outside the blocks reads the fully pruned blocks
+        final = collect_linear_inputs(model, batches, layers=head, progress=False)
+        torch.testing.assert_close(seen["head"], final["head"].norm)
+
+
+def test_find_blocks():
+    assert wanda.find_blocks(tiny_model("masked", num_layers=1)[0], ["bert.encoder.layer.0.output.dense"])[0] \
+        == "bert.encoder.layer"
+    assert wanda.find_blocks(tiny_model("causal", num_layers=1)[0], ["model.layers.0.mlp.up_proj"])[0] == "model.layers"
+    assert wanda.find_blocks(_toy(), ["0", "2"]) is None
+    experts = nn.Module()
+    experts.layers = nn.ModuleList([nn.Module() for _ in range(2)])
+    for layer in experts.layers:  # a list of 3 expert MLPs inside each of 2 blocks: the blocks win
+        layer.experts = nn.ModuleList([nn.Sequential(nn.Linear(4, 4)) for _ in range(3)])
+        layer.heads = nn.ModuleList([nn.Linear(4, 4) for _ in range(5)])
+    names = [name for name, m in experts.named_modules() if isinstance(m, nn.Linear)]
+    assert wanda.find_blocks(experts, names)[0] == "layers"
+
+
+@pytest.mark.parametrize("failure", [None, "bad batch", "prune"])
+def test_sequential_removes_hooks_and_restores_train_mode(failure, monkeypatch):
+    model, _ = tiny_model("causal", num_layers=2)
+    model.train()
+    hooks = _hooks(model)
+    batches = _lm_batches()
+    if failure == "bad batch":
+        batches.append("not a batch")
+    elif failure == "prune":
+        def fail(*args):
+            raise RuntimeError("pruning failed")
+
+        monkeypatch.setattr(wanda, "_prune", fail)
+    if failure is None:
+        apply_wanda_pruning(model, batches, 0.5, progress=False)
+    else:
+        with pytest.raises((TypeError, RuntimeError)):
+            apply_wanda_pruning(model, batches, 0.5, progress=False)
+    assert _hooks(model) == hooks
+    assert all(module.training for module in model.modules())
+
+
+def test_sequential_needs_a_batch():
+    with pytest.raises(ValueError, match="empty"):
+        apply_wanda_pruning(_stack(), [], 0.5, progress=False)

@@ -14,15 +14,19 @@ Memory stays bounded whatever the number of batches: two float64 vectors per lay
 `sample_rows` rows per sampled layer (a reservoir: every token seen has the same chance to be kept).
 Padding tokens are left out when a batch carries an `attention_mask` of the layer input's leading shape.
 
-`calibration_batches` cuts texts into token windows to feed it. Users: `toolkit.layers.quantize_model`
-(int4 with `calibration=`), `toolkit.wanda.apply_wanda_pruning` and `toolkit.sensitivity`.
+`record_linear_inputs` is the accumulation itself (hooks on given layers, for any forward run inside
+a `with` statement) and `batch_inputs` turns a batch into call arguments; `toolkit.wanda` uses both
+to run one transformer block at a time. `calibration_batches` cuts texts into token windows. Users:
+`toolkit.layers.quantize_model` (int4 with `calibration=`), `toolkit.wanda.apply_wanda_pruning` and
+`toolkit.sensitivity`.
 
 It does not change the model (hooks are removed even when a batch fails, the training flag is
 restored), and it does not record outputs, gradients, or layers other than `nn.Linear`.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -111,10 +115,74 @@ def _check_linear_names(model: nn.Module, names: Iterable[str] | None) -> dict[s
     return {name: linears[name] for name in names}
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
     for tensor in model.parameters():
         return tensor.device
     return torch.device("cpu")
+
+
+def batch_inputs(batch: Batch, device: torch.device) -> tuple[tuple, dict]:
+    """The positional and keyword arguments that run a model on one calibration batch.
+
+    Args:
+        batch: a LongTensor of input ids (B, L), called as `model(ids)`, or a mapping of model inputs
+            (e.g. input_ids and attention_mask, int64 (B, L)), called as `model(**batch)`.
+        device: where the tensors go (non-tensor values are passed as they are).
+
+    Returns:
+        (args, kwargs) on `device`; the padding mask of the batch, if any, is `kwargs["attention_mask"]`.
+
+    Raises:
+        TypeError: a batch that is neither a tensor nor a mapping.
+    """
+    if isinstance(batch, torch.Tensor):
+        return (batch.to(device),), {}
+    if isinstance(batch, Mapping):
+        return (), {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                    for key, value in batch.items()}
+    raise TypeError(f"a calibration batch must be a tensor of input ids or a dict of model inputs, "
+                    f"got {type(batch).__name__}")
+
+
+@contextmanager
+def record_linear_inputs(
+    linears: Mapping[str, nn.Linear],
+    current_mask: list,
+    *,
+    sampled: Iterable[str] = (),
+    sample_rows: int = SAMPLE_ROWS,
+    seed: int = 0,
+) -> Iterator[dict[str, LinearInputStats]]:
+    """Accumulate the input statistics of `linears` over every forward run inside the `with` statement.
+
+    Each layer gets a forward pre-hook; the hooks are removed on exit, even on error. Rows whose
+    position is 0 in `current_mask[0]` (an attention mask whose shape is the input's leading shape,
+    e.g. (B, L) for an input (B, L, in_features)) are left out; None counts every row.
+
+    Args:
+        linears: the layers to watch, by name.
+        current_mask: a one-element list holding the attention mask of the batch being run (or None);
+            the caller updates it before each batch.
+        sampled: names of the layers that also keep a row sample of at most `sample_rows` rows.
+        sample_rows: the cap of each sample, >= 1.
+        seed: seeds the sampling (the global RNG is not touched).
+
+    Yields:
+        dict from name to `LinearInputStats` (float64 sums on the CPU), filled in as the layers run.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    stats, handles = {}, []
+    try:
+        for name, linear in linears.items():
+            stats[name] = LinearInputStats(linear.in_features, torch.zeros(linear.in_features, dtype=torch.float64),
+                                           torch.zeros(linear.in_features, dtype=torch.float64))
+            recorder = _Recorder(stats[name], sample_rows if name in sampled else 0, generator, current_mask)
+            handles.append(linear.register_forward_pre_hook(recorder))
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -162,33 +230,18 @@ def collect_linear_inputs(
         sampled = set(sample)
         if sampled - set(watched):
             raise ValueError(f"sample names layers that are not watched: {sorted(sampled - set(watched))}")
-    generator = torch.Generator().manual_seed(seed)
     current_mask: list = [None]
-    stats, handles = {}, []
-    for name, linear in watched.items():
-        stats[name] = LinearInputStats(linear.in_features, torch.zeros(linear.in_features, dtype=torch.float64),
-                                       torch.zeros(linear.in_features, dtype=torch.float64))
-        recorder = _Recorder(stats[name], sample_rows if name in sampled else 0, generator, current_mask)
-        handles.append(linear.register_forward_pre_hook(recorder))
-    device, was_training, seen = _model_device(model), model.training, 0
+    device, was_training, seen = model_device(model), model.training, 0
     model.eval()
     try:
-        for batch in tqdm(batches, desc="calibration", unit="batch", disable=not progress):
-            if isinstance(batch, torch.Tensor):
-                current_mask[0] = None
-                model(batch.to(device))
-            elif isinstance(batch, Mapping):
-                inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value
-                          for key, value in batch.items()}
-                current_mask[0] = inputs.get("attention_mask")
-                model(**inputs)
-            else:
-                raise TypeError(f"a calibration batch must be a tensor of input ids or a dict of model inputs, "
-                                f"got {type(batch).__name__}")
-            seen += 1
+        with record_linear_inputs(watched, current_mask, sampled=sampled, sample_rows=sample_rows,
+                                  seed=seed) as stats:
+            for batch in tqdm(batches, desc="calibration", unit="batch", disable=not progress):
+                args, kwargs = batch_inputs(batch, device)
+                current_mask[0] = kwargs.get("attention_mask")
+                model(*args, **kwargs)
+                seen += 1
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
     if seen == 0:
         raise ValueError("batches is empty: calibration needs at least one batch")

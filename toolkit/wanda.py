@@ -6,6 +6,7 @@
   weights of each row, e.g. 2:4). No weight update.
 - `apply_magnitude_pruning`: the same masks from S_ij = |W_ij| (the baseline Wanda is compared with).
 - `nm_mask` / `row_mask`: the masks themselves, for any score matrix.
+- `find_blocks`: the model's list of transformer blocks, which sequential Wanda prunes in order.
 - `to_nm_state_dict` / `from_nm_state_dict`: a state dict where every N:M weight is stored as its kept
   values (out, in * N / M) plus their positions in each block of M, packed (2 bits each for 2:4):
   a 2:4 float32 weight takes 17/32 of its dense bytes (16 bits of values and 1 bit of index per
@@ -13,20 +14,36 @@
 - `to_semi_structured`: on CUDA, where torch's semi-structured sparse tensors exist, swap the 2:4
   weights for them (sparse tensor-core kernels). CPUs keep dense weights and dense kernels.
 
-By default the output head stays dense, as in `toolkit.layers.quantize_model`. Statistics come from
-one calibration pass over the dense model; the paper's reference implementation instead feeds each
-block the outputs of the already pruned blocks before it, which can do a little better at high
-sparsity. It does not fine-tune after pruning or implement SparseGPT's weight reconstruction.
+By default the output head stays dense, as in `toolkit.layers.quantize_model`.
+
+Statistics are taken block by block by default (`sequential=True`), as in the paper's reference
+implementation: the inputs of each transformer block are computed with the blocks before it already
+pruned. The model runs once, up to its first block, on every calibration batch (a forward pre-hook
+records the block's arguments, then aborts the forward); each block then runs on the cached hidden
+states twice, once to accumulate its layers' statistics (`toolkit.calibration.record_linear_inputs`,
+padding left out by the batch's `attention_mask`) before they are pruned, once more, pruned, to give
+the next block its inputs. The other block arguments (attention mask, position embeddings) are reused
+as they are; KV caches are dropped. The block list is the longest outermost `nn.ModuleList` whose
+items hold layers to prune (`find_blocks`: `bert.encoder.layer`, `model.layers` of Llama); its items
+must run one after the other, each on the hidden states of the one before. Layers outside it (e.g.
+BERT's MLM head transform) are pruned last, from one more full pass over the model with its blocks
+pruned; a model without such a list (e.g. an `nn.Sequential`) is thus pruned from a single pass.
+Memory: the hidden states of all calibration tokens, twice (inputs and outputs of a block).
+`sequential=False`, or statistics passed in as a dict, prune every layer from one pass over the dense
+model. It does not fine-tune after pruning or implement SparseGPT's weight reconstruction.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from toolkit.calibration import LinearInputStats, collect_linear_inputs
+from toolkit.calibration import (Batch, LinearInputStats, batch_inputs, collect_linear_inputs, model_device,
+                                 record_linear_inputs)
 from toolkit.layers import _default_skip
 from toolkit.packing import pack_bits, unpack_bits
 
@@ -120,7 +137,7 @@ def _check_divisible(layers: Mapping[str, nn.Linear], nm: tuple[int, int] | None
 
 
 @torch.no_grad()
-def _prune(model: nn.Module, layers: Mapping[str, nn.Linear], norms: Mapping[str, torch.Tensor] | None,
+def _prune(layers: Mapping[str, nn.Linear], norms: Mapping[str, torch.Tensor] | None,
            sparsity: float, nm: tuple[int, int] | None) -> None:
     _check_divisible(layers, nm)
     for name, layer in layers.items():
@@ -131,6 +148,184 @@ def _prune(model: nn.Module, layers: Mapping[str, nn.Linear], norms: Mapping[str
         layer.weight.mul_(keep)
 
 
+class _BlockInputsCaptured(Exception):
+    """Raised by the first block's pre-hook once its arguments are recorded, to skip the rest of the forward."""
+
+
+@dataclass
+class _BlockCall:
+    """The arguments of a block on one calibration batch, replayed on every block in turn.
+
+    Attributes:
+        args, kwargs: the block's arguments; its hidden states (float (B, L, hidden)) are `args[0]`,
+            or `kwargs["hidden_states"]` when there is no positional argument.
+        mask: the batch's attention mask (B, L), 0 at padding tokens, or None (every token counts).
+    """
+
+    args: tuple
+    kwargs: dict
+    mask: torch.Tensor | None
+
+    def with_hidden(self, hidden: torch.Tensor) -> _BlockCall:
+        """The same call on other hidden states (float (B, L, hidden))."""
+        if self.args:
+            return _BlockCall((hidden, *self.args[1:]), self.kwargs, self.mask)
+        return _BlockCall(self.args, {**self.kwargs, "hidden_states": hidden}, self.mask)
+
+
+def find_blocks(model: nn.Module, layers: Iterable[str]) -> tuple[str, nn.ModuleList] | None:
+    """The model's list of transformer blocks: the longest outermost `nn.ModuleList` holding some of `layers`.
+
+    Lists inside the items of such a list (e.g. the experts of a mixture-of-experts block) and lists
+    of bare `nn.Linear` (parallel heads) are not blocks. Ties go to the first list in module order.
+
+    Args:
+        model: e.g. a BertForMaskedLM ('bert.encoder.layer') or a LlamaForCausalLM ('model.layers').
+        layers: names (as in `model.named_modules()`) of the layers to prune.
+
+    Returns:
+        (the list's name, the list), or None when no list holds any of `layers`.
+    """
+    names = list(layers)
+    found: list[tuple[str, nn.ModuleList]] = []
+    for name, module in model.named_modules():  # parents come before their children
+        if not name or not isinstance(module, nn.ModuleList) or any(isinstance(item, nn.Linear) for item in module):
+            continue
+        nested = any(name.startswith(f"{outer}.") for outer, _ in found)
+        if not nested and any(layer.startswith(f"{name}.") for layer in names):
+            found.append((name, module))
+    return max(found, key=lambda entry: len(entry[1]), default=None)
+
+
+def _without_caches(kwargs: dict) -> dict:
+    """`kwargs` with Hugging Face KV caches replaced by None and `use_cache` by False, so a block can be rerun."""
+    if not kwargs:
+        return kwargs
+    from transformers.cache_utils import Cache  # only models that pass keyword arguments to their blocks
+
+    return {key: None if isinstance(value, Cache) else False if key == "use_cache" else value
+            for key, value in kwargs.items()}
+
+
+def _capture_block_inputs(model: nn.Module, block: nn.Module, batches: Sequence[Batch]) -> list[_BlockCall]:
+    """Run `model` up to `block` on every batch and return the block's arguments, one call per batch.
+
+    Args:
+        model: the whole model, in eval mode.
+        block: its first block; a pre-hook records the block's arguments and aborts the forward.
+        batches: as `toolkit.calibration.batch_inputs` takes them.
+
+    Returns:
+        one `_BlockCall` per batch, in order (hidden states float (B, L, hidden) on the model's device).
+
+    Raises:
+        ValueError: no batch, a forward that never calls `block`, or a block called without hidden states.
+        TypeError: a batch that is neither a tensor nor a mapping.
+    """
+    device, seen, calls = model_device(model), [], []
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append((args, _without_caches(kwargs)))
+        raise _BlockInputsCaptured
+
+    handle = block.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        for batch in batches:
+            args, kwargs = batch_inputs(batch, device)
+            try:
+                model(*args, **kwargs)
+            except _BlockInputsCaptured:
+                pass
+            if len(seen) != len(calls) + 1:
+                raise ValueError(f"{type(model).__name__} ran without calling its first block "
+                                 f"({type(block).__name__}): pass sequential=False")
+            block_args, block_kwargs = seen[-1]
+            if not block_args and "hidden_states" not in block_kwargs:
+                raise ValueError(f"{type(block).__name__} is called without positional arguments or "
+                                 "hidden_states=: pass sequential=False")
+            calls.append(_BlockCall(block_args, block_kwargs, kwargs.get("attention_mask")))
+    finally:
+        handle.remove()
+    if not calls:
+        raise ValueError("batches is empty: calibration needs at least one batch")
+    return calls
+
+
+def _block_stats(block: nn.Module, layers: Mapping[str, nn.Linear],
+                 calls: Sequence[_BlockCall]) -> dict[str, LinearInputStats]:
+    """Run `block` on every cached call and return what its `layers` read.
+
+    Args:
+        block: one block of the model; layers: its linear layers to watch, by full name;
+        calls: the block's inputs, one per calibration batch.
+
+    Returns:
+        dict from name to `LinearInputStats` (float64 sums), padding tokens left out by each call's mask.
+    """
+    current_mask: list = [None]
+    with record_linear_inputs(layers, current_mask) as stats:
+        for call in calls:
+            current_mask[0] = call.mask
+            block(*call.args, **call.kwargs)
+    return stats
+
+
+def _block_outputs(block: nn.Module, calls: Sequence[_BlockCall]) -> list[_BlockCall]:
+    """The inputs of the next block: `calls` with their hidden states replaced by `block`'s outputs.
+
+    Args:
+        block: a block returning its hidden states (float (B, L, hidden)) or a tuple that starts with them.
+        calls: its inputs, one per calibration batch.
+
+    Returns:
+        one `_BlockCall` per call, the other arguments unchanged.
+    """
+    outputs = []
+    for call in calls:
+        output = block(*call.args, **call.kwargs)
+        outputs.append(call.with_hidden(output if isinstance(output, torch.Tensor) else output[0]))
+    return outputs
+
+
+@torch.no_grad()
+def _prune_sequentially(model: nn.Module, batches: Sequence[Batch], layers: Mapping[str, nn.Linear],
+                        sparsity: float, nm: tuple[int, int] | None, progress: bool) -> None:
+    """Prune the blocks of `model` in order, each from its inputs with the blocks before it pruned, then the rest.
+
+    The model runs in eval mode; its training flag is restored and every hook removed, even on error.
+
+    Args:
+        model: the model, pruned in place; batches: the calibration batches (read twice when some
+            layers lie outside the blocks); layers: the layers to prune, by name; sparsity, nm: as
+            `_check_sparsity` returns them; progress: show a bar over the blocks.
+
+    Raises:
+        ValueError, TypeError: as `_capture_block_inputs` and `collect_linear_inputs`.
+    """
+    found = find_blocks(model, layers)
+    in_blocks = set()
+    was_training = model.training
+    model.eval()
+    try:
+        if found is not None:
+            list_name, blocks = found
+            calls = _capture_block_inputs(model, blocks[0], batches)
+            for index, block in enumerate(tqdm(blocks, desc="Wanda", unit="block", disable=not progress)):
+                inside = {name: layer for name, layer in layers.items() if name.startswith(f"{list_name}.{index}.")}
+                if inside:
+                    _prune(inside, {name: stats.norm for name, stats in _block_stats(block, inside, calls).items()},
+                           sparsity, nm)
+                if index + 1 < len(blocks):
+                    calls = _block_outputs(block, calls)
+                in_blocks.update(inside)
+        rest = {name: layer for name, layer in layers.items() if name not in in_blocks}
+        if rest:
+            stats = collect_linear_inputs(model, batches, layers=list(rest), progress=False)
+            _prune(rest, {name: stats[name].norm for name in rest}, sparsity, nm)
+    finally:
+        model.train(was_training)
+
+
 def apply_wanda_pruning(
     model: nn.Module,
     calibration: Iterable | Mapping[str, LinearInputStats],
@@ -138,26 +333,33 @@ def apply_wanda_pruning(
     pattern: str | None = None,
     *,
     skip: Iterable[str] | None = None,
+    sequential: bool = True,
     progress: bool = True,
 ) -> nn.Module:
     """Wanda: zero the weights of lowest |W_ij| * ||X_j||_2 within each output row, in place.
 
     Args:
         model: a model whose `nn.Linear` layers are pruned (weights zeroed in place, same dtype/shape).
-        calibration: calibration batches (tensors of input ids or dicts of model inputs, see
-            `toolkit.calibration.collect_linear_inputs`) or the statistics dict it returned.
+        calibration: calibration batches (tensors of input ids (B, L) or dicts of model inputs, see
+            `toolkit.calibration.collect_linear_inputs`) or the statistics dict it returned (then
+            `sequential` is ignored: every layer is pruned from those statistics).
         sparsity: fraction of each row's weights to zero (exactly round(sparsity * in_features) per
             row); with a pattern, None or (M - N) / M.
         pattern: None (unstructured) or 'N:M', e.g. '2:4': N kept in every M consecutive input weights.
         skip: names (full or last part) of layers kept dense; None: the output head (as quantize_model).
-        progress: show the calibration progress bar.
+        sequential: True: prune block by block, each block's statistics taken with the blocks before
+            it pruned (the paper's procedure, see the module docstring); False: one calibration pass
+            over the dense model for every layer.
+        progress: show a progress bar (over the blocks, or over the batches of the one pass).
 
     Returns:
         `model` itself.
 
     Raises:
         ValueError: bad sparsity or pattern, a layer whose in_features is not divisible by M, no layer
-            to prune, or statistics missing a layer.
+            to prune, statistics missing a layer, no batch, or (sequential) a block list that the
+            model's forward does not call with its hidden states.
+        TypeError: a batch that is neither a tensor nor a mapping.
     """
     sparsity, nm = _check_sparsity(sparsity, pattern)
     layers = _targets(model, skip)
@@ -168,8 +370,11 @@ def apply_wanda_pruning(
         stats = calibration
     else:
         _check_divisible(layers, nm)  # fail before the calibration pass
+        if sequential:
+            _prune_sequentially(model, list(calibration), layers, sparsity, nm, progress)
+            return model
         stats = collect_linear_inputs(model, calibration, layers=list(layers), progress=progress)
-    _prune(model, layers, {name: stats[name].norm for name in layers}, sparsity, nm)
+    _prune(layers, {name: stats[name].norm for name in layers}, sparsity, nm)
     return model
 
 
@@ -184,7 +389,7 @@ def apply_magnitude_pruning(
         `model` itself, pruned in place.
     """
     sparsity, nm = _check_sparsity(sparsity, pattern)
-    _prune(model, _targets(model, skip), None, sparsity, nm)
+    _prune(_targets(model, skip), None, sparsity, nm)
     return model
 
 
