@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from toolkit.calibration import calibration_batches, collect_linear_inputs
+from toolkit.calibration import as_batches, calibration_batches, collect_linear_inputs, is_statistics
 from toolkit.evaluation import tiny_model, tiny_tokenizer
 
 
@@ -103,3 +103,21 @@ def test_calibration_benchmark_table_has_every_method():
         if row["method"] != "bnb nf4 (block 64)":
             assert row["perplexity"] > 0 and row["ratio_to_fp32"] > 0
     assert targets.rows[-1]["verdict"] == "PASS"  # exactly 2 zeros in every 4
+
+
+def test_one_tensor_or_one_dict_is_one_batch():
+    model, tokenizer = tiny_model("causal")
+    batch = tokenizer(["one line of text", "another line"], padding=True, return_tensors="pt")
+    ids = batch["input_ids"]
+    name = "model.layers.0.self_attn.q_proj"
+    as_list = collect_linear_inputs(model, [ids], layers=[name], progress=False)[name]
+    for calibration in (ids, dict(batch)):
+        alone = collect_linear_inputs(model, calibration, layers=[name], progress=False)[name]
+        expected = as_list if calibration is ids else collect_linear_inputs(
+            model, [dict(batch)], layers=[name], progress=False)[name]
+        assert alone.tokens == expected.tokens
+        torch.testing.assert_close(alone.sum_squares, expected.sum_squares, rtol=0, atol=0)
+    one_sequence = collect_linear_inputs(model, ids[0], layers=[name], progress=False)[name]
+    assert one_sequence.tokens == ids.shape[1]
+    assert is_statistics({name: as_list}) and not is_statistics(dict(batch)) and not is_statistics({})
+    assert len(as_batches([ids[0], ids])) == 2 and as_batches(ids[0])[0].shape == (1, ids.shape[1])

@@ -126,7 +126,8 @@ def test_nm_state_dict_bit_identical_and_compact():
     (lambda m: apply_wanda_pruning(m, _batches(), None, "two:four", skip=()), "N:M"),
     (lambda m: apply_magnitude_pruning(m, None, "2:3", skip=()), "divisible by 3"),
     (lambda m: apply_wanda_pruning(m, _batches(), 0.5, skip=("0", "2")), "no nn.Linear"),
-    (lambda m: apply_wanda_pruning(m, {"0": None}, 0.5, skip=()), "lack"),
+    (lambda m: apply_wanda_pruning(m, collect_linear_inputs(m, _batches(), layers=["0"], progress=False), 0.5,
+                                   skip=()), "lack"),
 ])
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):

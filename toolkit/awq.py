@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from toolkit.calibration import SAMPLE_ROWS, LinearInputStats, collect_linear_inputs
+from toolkit.calibration import SAMPLE_ROWS, LinearInputStats, collect_linear_inputs, is_statistics
 from toolkit.layers import int4_dequantize, int4_quantize
 
 ALPHA_GRID = tuple(i / 20 for i in range(20))  # AWQ's grid: 20 points in [0, 1)
@@ -235,7 +235,7 @@ def activation_aware_search(
     skip = set(skip)
     targets = [name for name, module in model.named_modules()
                if isinstance(module, nn.Linear) and not _skipped(name, skip)]
-    if isinstance(calibration, Mapping):
+    if is_statistics(calibration):
         stats = calibration
         missing = [name for name in targets if name not in stats or stats[name].sample is None]
         if missing:

@@ -122,6 +122,28 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def is_statistics(calibration: object) -> bool:
+    """Whether `calibration` is the dict `collect_linear_inputs` returned (not batches to run)."""
+    return (isinstance(calibration, Mapping) and len(calibration) > 0
+            and all(isinstance(value, LinearInputStats) for value in calibration.values()))
+
+
+def as_batches(calibration: Batch | Iterable[Batch]) -> list[Batch]:
+    """Calibration batches as a list: one tensor of input ids or one dict of model inputs is one batch.
+
+    Args:
+        calibration: a LongTensor of input ids ((B, L), or (L,) for one sequence), a mapping of model
+            inputs, or an iterable of either.
+
+    Returns:
+        list of batches, 1-d id tensors made (1, L).
+    """
+    if isinstance(calibration, (torch.Tensor, Mapping)):
+        calibration = [calibration]
+    return [batch[None] if isinstance(batch, torch.Tensor) and batch.dim() == 1 else batch
+            for batch in calibration]
+
+
 def batch_inputs(batch: Batch, device: torch.device) -> tuple[tuple, dict]:
     """The positional and keyword arguments that run a model on one calibration batch.
 
@@ -203,7 +225,8 @@ def collect_linear_inputs(
 
     Args:
         model: any module whose `nn.Linear` layers are to be watched (e.g. a Hugging Face model).
-        batches: an iterable of batches, each a LongTensor of input ids (B, L) passed as
+        batches: an iterable of batches (or one batch, see `as_batches`), each a LongTensor of input
+            ids (B, L) passed as
             `model(ids)`, or a mapping of model inputs passed as `model(**batch)` (its
             `attention_mask`, if any, excludes padding tokens from the statistics).
         layers: names (as in `model.named_modules()`) of the linear layers to watch; None: all.
@@ -236,7 +259,7 @@ def collect_linear_inputs(
     try:
         with record_linear_inputs(watched, current_mask, sampled=sampled, sample_rows=sample_rows,
                                   seed=seed) as stats:
-            for batch in tqdm(batches, desc="calibration", unit="batch", disable=not progress):
+            for batch in tqdm(as_batches(batches), desc="calibration", unit="batch", disable=not progress):
                 args, kwargs = batch_inputs(batch, device)
                 current_mask[0] = kwargs.get("attention_mask")
                 model(*args, **kwargs)

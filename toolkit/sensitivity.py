@@ -18,7 +18,6 @@ It does not choose per-layer budgets from the scan, and it does not compress the
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -28,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruning import apply_weight_pruning
-from toolkit.calibration import LinearInputStats, collect_linear_inputs
+from toolkit.calibration import LinearInputStats, collect_linear_inputs, is_statistics
 from toolkit.evaluation import perplexity
 from toolkit.layers import QuantizedLinear, _default_skip
 from toolkit.wanda import row_mask
@@ -128,7 +127,7 @@ def sensitivity_scan(
     norms = None
     if calibration is not None:
         names = sorted({name for group in targets.values() for name in group})
-        stats = calibration if isinstance(calibration, Mapping) else \
+        stats = calibration if is_statistics(calibration) else \
             collect_linear_inputs(model, calibration, layers=names, progress=progress)
         norms = {name: stats[name].norm for name in names}
     base = score()

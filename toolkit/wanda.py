@@ -42,8 +42,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from toolkit.calibration import (Batch, LinearInputStats, batch_inputs, collect_linear_inputs, model_device,
-                                 record_linear_inputs)
+from toolkit.calibration import (Batch, LinearInputStats, as_batches, batch_inputs, collect_linear_inputs,
+                                 is_statistics, model_device, record_linear_inputs)
 from toolkit.layers import _default_skip
 from toolkit.packing import pack_bits, unpack_bits
 
@@ -363,7 +363,7 @@ def apply_wanda_pruning(
     """
     sparsity, nm = _check_sparsity(sparsity, pattern)
     layers = _targets(model, skip)
-    if isinstance(calibration, Mapping):
+    if is_statistics(calibration):
         missing = sorted(set(layers) - set(calibration))
         if missing:
             raise ValueError(f"the calibration statistics lack {missing[:3]}")
@@ -371,7 +371,7 @@ def apply_wanda_pruning(
     else:
         _check_divisible(layers, nm)  # fail before the calibration pass
         if sequential:
-            _prune_sequentially(model, list(calibration), layers, sparsity, nm, progress)
+            _prune_sequentially(model, as_batches(calibration), layers, sparsity, nm, progress)
             return model
         stats = collect_linear_inputs(model, calibration, layers=list(layers), progress=progress)
     _prune(layers, {name: stats[name].norm for name in layers}, sparsity, nm)
