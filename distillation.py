@@ -252,7 +252,6 @@ def _check_finite(loss: torch.Tensor, epoch: int, num_epochs: int, batch_index: 
         )
 
 
-
 def distill_model(
     teacher_model: nn.Module,
     student_model: nn.Module,

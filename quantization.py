@@ -13,6 +13,7 @@ It does not: quantize layers or models (the toolkit's `toolkit.layers` does, thr
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -112,7 +113,7 @@ class QuantizedVector:
         # TODO: 'fp16': quantized_vector = x.half(), alpha = 1.0.
         # TODO: 'int8': alpha = 127 / max|x| (1.0 when max|x| is 0);
         #       quantized_vector = round(x * alpha) as torch.int8 (alpha overflows float32 for
-        #       max|x| < 4e-37: there, multiply x by 2**100 and divide alpha by it, both exact).
+        #       max|x| < 3.7e-37: there, multiply x by 2**64 and divide alpha by it, both exact).
         # TODO: '1.58bit': t = mean|x|; codes 1 where x > t, -1 where x < -t, else 0 (int8).
         # TODO: '1bit': codes -1 where x < 0, else +1 (int8).
         # TODO: for '1.58bit' and '1bit' set alpha = 1 / mean|x| (1.0 when mean|x| is 0);
@@ -124,7 +125,7 @@ class QuantizedVector:
         if self.quantization_format == "int8":
             absmax = x.abs().max().item()
             self.alpha = 127.0 / absmax if absmax > 0 else 1.0
-            s = 2.0**100 if absmax < 1e-30 else 1.0  # powers of two scale exactly: same codes
+            s = 2.0**64 if self.alpha > torch.finfo(torch.float32).max else 1.0  # exact: same codes
             self.quantized_vector = torch.round(x * s * (self.alpha / s)).to(torch.int8)
             return self.quantized_vector
         absmean = x.abs().mean(dtype=torch.float64).item()
@@ -167,9 +168,15 @@ _int8_path: dict[str, str] = {}  # 'forced' (set_int8_matmul_path, LAB_INT8_PATH
 
 
 def set_int8_matmul_path(path: str | None) -> None:
-    """Force `int8_matmul` onto 'int_mm' or 'fp32' on every device, as LAB_INT8_PATH does; None decides again."""
+    """Force `int8_matmul` onto 'int_mm' or 'fp32' on every device, as LAB_INT8_PATH does; None decides again.
+
+    Raises:
+        ValueError: an unknown path, or 'int_mm' on a CPU where `torch._int_mm` is not exact.
+    """
     if path is not None and path not in INT8_PATHS:
         raise ValueError(f"path must be one of {INT8_PATHS} or None, got {path!r}")
+    if path == "int_mm" and not _int_mm_exact():
+        raise ValueError("torch._int_mm is not exact on this CPU (no int8 dot-product instructions): use 'fp32'")
     _int8_path.clear()
     _int8_path.update({"forced": path} if path else {})
 
@@ -177,8 +184,8 @@ def set_int8_matmul_path(path: str | None) -> None:
 def int8_matmul_path(device: str | torch.device = "cpu") -> str:
     """The path `int8_matmul` takes on `device`: 'int_mm' (`torch._int_mm`) or 'fp32' (K-chunks).
 
-    Unless forced: 'int_mm' on CUDA and on CPUs with int8 dot-product instructions (AVX-512 VNNI or AMX
-    per torch; else one timed product must find `_int_mm` exact and faster); else 'fp32' (AVX2: ~20x faster).
+    Unless forced: 'int_mm' on CUDA, and on CPUs where `_int_mm` is exact and fast: int8 dot-product
+    instructions (AVX-512 VNNI or AMX per torch; else one timed product must find it faster); else 'fp32'.
     """
     if not _int8_path and os.environ.get("LAB_INT8_PATH"):
         set_int8_matmul_path(os.environ["LAB_INT8_PATH"])
@@ -186,21 +193,29 @@ def int8_matmul_path(device: str | torch.device = "cpu") -> str:
         return _int8_path.get("forced", "int_mm")
     if "cpu" not in _int8_path:
         flags = ("_is_vnni_supported", "_is_amx_tile_supported")
-        fast = any(getattr(torch.cpu, flag, lambda: False)() for flag in flags) or _int_mm_wins()
-        _int8_path["cpu"] = "int_mm" if fast else "fp32"
+        has_dot = any(getattr(torch.cpu, flag, lambda: False)() for flag in flags)
+        _int8_path["cpu"] = "int_mm" if _int_mm_exact() and (has_dot or _int_mm_faster()) else "fp32"
     return _int8_path["cpu"]
 
 
-def _int_mm_wins() -> bool:
-    """Is CPU `torch._int_mm` exact on extreme codes and faster than the fp32 chunks (best of 3)?"""
+def _probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
     a = torch.randint(-128, 128, (128, 1024), dtype=torch.int8, generator=torch.Generator().manual_seed(0))
     a[0], a[1] = 127, -128  # int8 kernels that add pairs in int16 (no VNNI) saturate on these
-    b, times = a[:64].t(), {path: math.inf for path in INT8_PATHS}
-    try:  # a torch build may have no CPU kernel for it
-        if not torch.equal(torch._int_mm(a, b), _fp32_chunk_matmul(a, b)):
-            return False
+    return a, a[:64].t()
+
+
+@functools.cache
+def _int_mm_exact() -> bool:
+    """Is CPU `torch._int_mm` exact on extreme codes? (A torch build may have no CPU kernel for it.)"""
+    try:
+        return torch.equal(torch._int_mm(*_probe_operands()), _fp32_chunk_matmul(*_probe_operands()))
     except RuntimeError:
         return False
+
+
+def _int_mm_faster() -> bool:
+    """Is CPU `torch._int_mm` faster than the fp32 chunks (best of 3 on one small product)?"""
+    (a, b), times = _probe_operands(), {path: math.inf for path in INT8_PATHS}
     for path in INT8_PATHS * 3:
         start = time.perf_counter()
         torch._int_mm(a, b) if path == "int_mm" else _fp32_chunk_matmul(a, b)

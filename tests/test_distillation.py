@@ -14,8 +14,6 @@ import torch.nn.functional as F
 from distillation import compute_distillation_loss, distill_model, distillation_objective
 from distillation_models import TEXTS, make_tokenizer, mlm_batches, reference_loss, states_equal, tiny_bert, tiny_llama
 
-torch.set_num_threads(1)
-
 
 # ---------------------------------------------------------------------------
 # Builders

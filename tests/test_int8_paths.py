@@ -1,8 +1,10 @@
-"""Both paths of `int8_matmul` on every machine, and the kernel's edge cases.
+"""Both paths of `int8_matmul`, and the kernel's edge cases.
 
 Each path is forced in turn (`set_int8_matmul_path`), so a machine whose automatic
-choice is 'int_mm' (VNNI/AMX CPU, CUDA) still checks 'fp32', and an AVX2 machine still
-checks `torch._int_mm` for exactness (slowly, but exactly). References are int64 matmuls.
+choice is 'int_mm' (VNNI/AMX CPU) still checks 'fp32'. 'int_mm' runs where CPU
+`torch._int_mm` is exact: on a CPU without int8 dot-product instructions (AVX2) its
+int8 kernel adds pairs in int16 and saturates, so forcing it there is refused (tested by
+simulating such a CPU) and its tests are skipped. References are int64 matmuls.
 """
 from contextlib import contextmanager
 
@@ -13,6 +15,11 @@ from hypothesis import strategies as st
 
 import quantization as q
 from quantization import INT8_PATHS, absmax_quantize, int8_matmul, mixed_precision_forward
+
+# The paths this CPU computes exactly: 'fp32' everywhere, 'int_mm' where its int8 kernel is exact.
+EXACT_PATHS = [pytest.param(path, marks=pytest.mark.skipif(
+    path == "int_mm" and not q._int_mm_exact(), reason="CPU torch._int_mm is not exact here (no VNNI/AMX)"))
+    for path in INT8_PATHS]
 
 MAX_K = 131071  # (2**31 - 1) // 128**2: the largest K whose int32 sums cannot overflow
 
@@ -49,6 +56,7 @@ def test_the_automatic_path_is_one_of_the_two_and_decided_once(monkeypatch):
     assert q.int8_matmul_path("cuda") == "int_mm"  # a name only: nothing runs on the device
 
 
+@pytest.mark.skipif(not q._int_mm_exact(), reason="CPU torch._int_mm is not exact here (no VNNI/AMX)")
 def test_the_path_can_be_forced_by_call_and_by_environment(monkeypatch):
     for path in INT8_PATHS:
         with forced(path):
@@ -62,11 +70,45 @@ def test_the_path_can_be_forced_by_call_and_by_environment(monkeypatch):
         q.set_int8_matmul_path("int4")
 
 
-def test_the_timed_probe_answers_without_error():
-    assert q._int_mm_wins() in (True, False)
+def test_a_cpu_whose_int_mm_is_inexact_gets_the_fp32_path_and_refuses_int_mm(monkeypatch):
+    # Simulate an AVX2 CPU: no int8 dot-product flags, and an _int_mm that saturates like its kernel.
+    monkeypatch.delenv("LAB_INT8_PATH", raising=False)
+    monkeypatch.setattr(q, "_int_mm_exact", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    q.set_int8_matmul_path(None)
+    try:
+        assert q.int8_matmul_path() == "fp32" and q.int8_matmul_path("cuda") == "int_mm"
+        with pytest.raises(ValueError, match="torch._int_mm is not exact on this CPU"):
+            q.set_int8_matmul_path("int_mm")
+        monkeypatch.setenv("LAB_INT8_PATH", "int_mm")
+        q.set_int8_matmul_path(None)
+        with pytest.raises(ValueError, match="torch._int_mm is not exact on this CPU"):
+            int8_matmul(torch.ones(2, 2, dtype=torch.int8), torch.ones(2, 2, dtype=torch.int8))
+    finally:
+        monkeypatch.undo()
+        q.set_int8_matmul_path(None)
 
 
-@pytest.mark.parametrize("path", INT8_PATHS)
+def test_the_exactness_probe_catches_a_saturating_kernel(monkeypatch):
+    def saturating(a, b):  # what an int8 kernel adding pairs in int16 does to the extremes
+        products = a.long()[:, :, None] * b.long()[None, :, :]
+        pairs = products[:, 0::2] + products[:, 1::2]
+        return pairs.clamp(-(2**15), 2**15 - 1).sum(1).int()
+
+    q._int_mm_exact.cache_clear()
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    try:
+        assert q._int_mm_exact() is False
+        monkeypatch.setattr(torch, "_int_mm", lambda a, b: (a.long() @ b.long()).int())
+        q._int_mm_exact.cache_clear()
+        assert q._int_mm_exact() is True
+    finally:
+        monkeypatch.undo()
+        q._int_mm_exact.cache_clear()
+
+
+@pytest.mark.parametrize("path", EXACT_PATHS)
 @settings(max_examples=40, deadline=None)
 @given(m=st.integers(1, 40), k=st.integers(1, 2100), n=st.integers(1, 40),
        layout_a=st.sampled_from(["contiguous", "transposed", "sliced"]),
@@ -83,7 +125,7 @@ def test_both_paths_equal_the_integer_product_for_any_shape_and_layout(path, m, 
     assert torch.equal(out.long(), reference(a, b))
 
 
-@pytest.mark.parametrize("path", INT8_PATHS)
+@pytest.mark.parametrize("path", EXACT_PATHS)
 @pytest.mark.parametrize("layout", ["sliced", "transposed"])
 def test_a_single_inner_dimension_is_exact_whatever_the_strides(path, layout):
     # At K = 1 a column-major copy of b has strides (1, 1), which CPU _int_mm misreads (found by hypothesis).
@@ -93,7 +135,7 @@ def test_a_single_inner_dimension_is_exact_whatever_the_strides(path, layout):
         assert torch.equal(int8_matmul(a, any_layout(b, layout)).long(), reference(a, b))
 
 
-@pytest.mark.parametrize("path", INT8_PATHS)
+@pytest.mark.parametrize("path", EXACT_PATHS)
 def test_both_paths_are_exact_at_the_largest_k(path):
     # Rows and columns of extremes: sums reach -128 * -128 * K = 2**31 - 2**14, the int32 edge.
     a = torch.stack([torch.full((MAX_K,), -128), torch.full((MAX_K,), 127), torch.full((MAX_K,), -128)])
@@ -118,11 +160,11 @@ def test_the_kernel_gives_the_same_result_on_both_paths(threshold):
     weight = torch.randn(40, 24)
     layer = QuantizedLinear.from_linear(torch.nn.Linear(40, 24), "int8", threshold)
     results = []
-    for path in INT8_PATHS:
+    for path in [p for p in INT8_PATHS if p == "fp32" or q._int_mm_exact()]:
         with forced(path), torch.no_grad():
             results.append((mixed_precision_forward(x, weight, threshold), layer(x)))
-    for first, second in zip(*results):
-        assert torch.equal(first, second)
+    for kernel, layer_output in results[1:]:  # bit-identical across the paths this CPU has
+        assert torch.equal(kernel, results[0][0]) and torch.equal(layer_output, results[0][1])
 
 
 def test_absmax_quantize_gives_the_right_codes_below_the_overflow_of_127_over_absmax():
@@ -142,7 +184,7 @@ def test_absmax_quantize_refuses_float64_beyond_float32_range():
     assert codes.tolist() == [[127, 0]]
 
 
-@pytest.mark.parametrize("path", INT8_PATHS)
+@pytest.mark.parametrize("path", EXACT_PATHS)
 def test_a_nan_stays_in_its_row_and_changes_no_other_rows_outliers(path):
     torch.manual_seed(0)
     x = torch.randn(4, 16).clamp_(-3, 3)

@@ -33,8 +33,6 @@ from toolkit.students import (
     make_student,
 )
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
