@@ -15,10 +15,11 @@ of fp32 and of each variant, as a ratio to fp32.
 
 Every variant keeps the output head in float. Calibration: `--calibration-samples` windows of `--seq-len`
 tokens of the train split; scoring: `toolkit.evaluation.perplexity` on the test split (windows of
-`--seq-len`). The issue's targets (AWQ <= 1.18x fp32 and below nf4 and RTN; Wanda 50% <= 2.5x and <= 0.3x
-magnitude; Wanda 2:4 <= 6x) hold for real pretrained models. The default offline model is a small Llama
-(hidden 128, 4 layers) pretrained here on the shipped corpus (`pretrain_small_llama`: 300 steps of 16
-windows of 128 tokens, about two minutes on one core, test perplexity about 12); `--quick` uses
+`--seq-len`). The targets (AWQ int4 <= 1.18x fp32 and below nf4 and RTN; Wanda 50% <= 2.5x fp32
+and <= 0.3x the lab's per-layer magnitude 50%; Wanda 2:4 <= 6x fp32) are meant for real pretrained
+models. The default offline model is a small Llama (hidden 128, 4 layers) pretrained here on the
+shipped corpus (`pretrain_small_llama`: 300 steps of 16 windows of 128 tokens, about two minutes on
+one core, test perplexity about 12); `--quick` uses
 `tiny_model` with 40 steps. Such small models have no outlier channels, so the methods differ little
 on them: the verdicts show the code path, not the methods' worth.
 
@@ -43,17 +44,11 @@ from benchmarks.common import Table, build_parser, header, report, setup, verdic
 from pruning import apply_weight_pruning
 from toolkit.calibration import calibration_batches, collect_linear_inputs
 from toolkit.evaluation import hub_available, load_model, load_texts, model_kind, perplexity, tiny_model, tiny_tokenizer
-from toolkit.layers import _default_skip, quantize_model
+from toolkit.layers import linear_targets, quantize_model
 from toolkit.wanda import apply_magnitude_pruning, apply_wanda_pruning, is_nm_sparse
 
 COLUMNS = ("method", "perplexity", "ratio_to_fp32", "seconds")
 TARGET_COLUMNS = ("target", "measured", "limit", "verdict")
-
-
-def _targets(model: nn.Module) -> dict[str, nn.Linear]:
-    skip = _default_skip(model)
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not (name in skip or name.rpartition(".")[2] in skip)}
 
 
 def pretrain_small_llama(steps: int = 300, seed: int = 0) -> tuple[nn.Module, object]:
@@ -94,7 +89,7 @@ def pretrain_small_llama(steps: int = 300, seed: int = 0) -> tuple[nn.Module, ob
 
 
 def _lab_magnitude(model: nn.Module) -> nn.Module:
-    for layer in _targets(model).values():
+    for layer in linear_targets(model).values():
         apply_weight_pruning(layer, nn.Linear, 0.5)
     return model
 
@@ -119,7 +114,7 @@ def run(model: nn.Module, tokenizer, eval_texts: Sequence[str], calib_texts: Seq
     batches = calibration_batches(tokenizer, calib_texts, n_samples=samples, seq_len=seq_len, batch_size=4, kind=kind)
     score = lambda m: perplexity(m, tokenizer, eval_texts, max_length=seq_len, progress=progress)  # noqa: E731
     began = time.perf_counter()
-    stats = collect_linear_inputs(model, batches, layers=list(_targets(model)), sample=True, progress=progress)
+    stats = collect_linear_inputs(model, batches, layers=list(linear_targets(model)), sample=True, progress=progress)
     calibration_s = time.perf_counter() - began
     base = score(model)
     shared = "AWQ" if wanda_sequential else "AWQ and Wanda"
@@ -153,7 +148,7 @@ def run(model: nn.Module, tokenizer, eval_texts: Sequence[str], calib_texts: Seq
         table.add(method=name, perplexity=value, ratio_to_fp32=value / base, seconds=seconds)
         if name == "Wanda 2:4":
             exact_24 = all(is_nm_sparse(layer.weight) and int((layer.weight == 0).sum()) * 2 == layer.weight.numel()
-                           for layer in _targets(variant).values())
+                           for layer in linear_targets(variant).values())
         del variant
     table.notes += [
         f"calibration: {samples} windows of {seq_len} tokens, {sum(s.tokens for s in stats.values()) // len(stats)} "
@@ -162,7 +157,8 @@ def run(model: nn.Module, tokenizer, eval_texts: Sequence[str], calib_texts: Seq
     ]
     awq, rtn = ratios.get(f"int4 g{group_size} AWQ", float("nan")), ratios.get(f"int4 g{group_size} RTN", float("nan"))
     nf4 = ratios.get("bnb nf4 (block 64)", float("nan"))
-    targets = Table("calibration_targets", "Targets of the issue (meant for real pretrained models)", TARGET_COLUMNS)
+    targets = Table("calibration_targets", "Targets: measured ratio <= limit (meant for real pretrained models)",
+                    TARGET_COLUMNS)
     for label, measured, limit in (("AWQ int4 / fp32", awq, 1.18), ("AWQ int4 / RTN int4", awq / rtn, 1.0),
                                    ("AWQ int4 / bnb nf4", awq / nf4, 1.0), ("Wanda 50% / fp32", ratios["Wanda 50%"], 2.5),
                                    ("Wanda 50% / lab magnitude 50%",

@@ -42,6 +42,25 @@ def test_sample_is_capped_and_made_of_real_rows():
     assert len({tuple(row.tolist()) for row in sample}) == 7  # without replacement
 
 
+def test_sample_keeps_the_rows_of_the_largest_keys_over_all_batches():
+    # The reservoir keeps the sample_rows rows of largest uniform key among every row seen, whatever the
+    # batching: the same keys (one torch.rand per batch, seed 0) select the same rows from the joined input.
+    batches = [torch.randn(n, 8, generator=torch.Generator().manual_seed(n)) for n in (3, 12, 5, 9)]
+    stats = collect_linear_inputs(_toy(), batches, layers=["0"], sample=True, sample_rows=6, progress=False)
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.cat([torch.rand(len(batch), generator=generator) for batch in batches])
+    expected = torch.cat(batches)[torch.topk(keys, 6).indices.sort().values]
+    assert torch.equal(stats["0"].sample, expected)
+
+
+def test_an_empty_dict_is_neither_statistics_nor_a_batch():
+    assert not is_statistics({})
+    with pytest.raises(ValueError, match="empty dict"):
+        as_batches({})
+    with pytest.raises(ValueError, match="empty dict"):
+        collect_linear_inputs(_toy(), {}, progress=False)
+
+
 def test_attention_mask_excludes_padding_and_dict_batches():
     model, tokenizer = tiny_model("masked")
     batch = tokenizer(["a short line", "a much longer line of text than the first"], padding=True,

@@ -17,7 +17,7 @@ from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausa
 
 from int8_reference import EPS32, reference_absmax
 from quantization import FORMATS
-from toolkit.layers import QuantizedLinear, quantize_model
+from toolkit.layers import QuantizedLinear, is_skipped, linear_targets, quantize_model
 
 
 # ---------------------------------------------------------------------------
@@ -305,6 +305,16 @@ def test_classifier_and_score_heads_are_skipped_by_default():
     quantize_model(model, "fp16", verbose=False)
     assert model.quantization_report["replaced"] == ["body"]
     assert model.quantization_report["skipped"] == ["classifier", "score"]
+
+
+def test_linear_targets_read_a_string_skip_as_one_name(float_models):
+    model = nn.Sequential(OrderedDict(c=nn.Linear(4, 4), classifier=nn.Linear(4, 2), score=nn.Linear(4, 1)))
+    assert list(linear_targets(model, "classifier")) == ["c", "score"]  # not the letters c, l, a, s, ...
+    assert list(linear_targets(model)) == ["c"]  # None: the default heads stay out
+    assert list(linear_targets(model, ())) == ["c", "classifier", "score"]
+    assert is_skipped("bert.pooler.classifier", "classifier") and not is_skipped("classifier", "class")
+    assert "cls.predictions.decoder" not in linear_targets(float_models["bert"])  # the output embeddings
+    assert "cls.predictions.decoder" in linear_targets(float_models["bert"], ())
 
 
 def test_quantize_model_rejects_bad_arguments(float_models):

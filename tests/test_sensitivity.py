@@ -1,10 +1,14 @@
 """Tests of toolkit/sensitivity.py: layer kinds, one probe at a time, the model restored, the plot."""
+import copy
+
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from toolkit.evaluation import load_texts, tiny_model
+from toolkit.calibration import collect_linear_inputs
+from toolkit.evaluation import load_texts, perplexity, tiny_model
 from toolkit.sensitivity import COLUMNS, LAYER_KINDS, layer_kind, plot_sensitivity, sensitivity_scan
+from toolkit.wanda import row_mask
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -57,8 +61,42 @@ def test_scan_by_layer_without_calibration():
     assert table["method"].tolist() == ["baseline", "magnitude"]
 
 
+def _bits(model) -> dict:
+    """The state dict as raw bits (float32 viewed as int32), for bit-for-bit comparisons."""
+    return {key: value.view(torch.int32) if value.dtype == torch.float32 else value.clone()
+            for key, value in model.state_dict().items()}
+
+
+def test_heavy_magnitude_probe_prunes_each_row_and_restores_the_weights():
+    model, tokenizer = tiny_model("causal", num_layers=1)
+    texts = load_texts("test", source="local")[:2]
+    before = {key: value.clone() for key, value in _bits(model).items()}
+    table = sensitivity_scan(model, tokenizer, texts, layers=["ffn in"], prune=(0.9,), quantize=(),
+                             progress=False, max_length=32)
+    baseline, probe = table["perplexity"].tolist()
+    assert probe != baseline
+    # The probe is per-row magnitude pruning (as Wanda's masks): the same model pruned by hand scores the same.
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in ("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"):
+            weight = reference.get_submodule(name).weight
+            weight.mul_(row_mask(weight.abs(), 0.9))
+    assert probe == perplexity(reference, tokenizer, texts, max_length=32, progress=False)
+    after = _bits(model)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_statistics_missing_a_scanned_layer_are_refused():
+    model, tokenizer = tiny_model("causal", num_layers=1)
+    stats = collect_linear_inputs(model, [torch.randint(5, 1000, (1, 8))], layers=["model.layers.0.mlp.up_proj"],
+                                  progress=False)
+    with pytest.raises(ValueError, match="lack"):
+        sensitivity_scan(model, tokenizer, ["some text"], layers=["ffn in"], calibration=stats, progress=False)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(by="head"), "by must be"),
+    (dict(by="layer", layers=["ffn in"]), "by='layer'"),
     (dict(layers=["ffn middle"]), "not a layer kind"),
     (dict(prune=(1.5,)), "prune fractions"),
     (dict(quantize=("int3",)), "Unsupported quantization format"),

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from toolkit import wanda
@@ -118,6 +119,62 @@ def test_nm_state_dict_bit_identical_and_compact():
     assert compact_bytes == dense_bytes * 17 // 32 + 4 * 8  # values, positions, shape
 
 
+def test_nm_checkpoint_of_tied_bert_saves_and_reloads_bit_identical(tmp_path):
+    # BertForMaskedLM's decoder weight is its word embedding: stored once, the safetensors file can be written.
+    model, _ = tiny_model("masked")
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    apply_magnitude_pruning(model, None, "2:4")
+    compact = to_nm_state_dict(model)
+    assert "bert.embeddings.word_embeddings.weight" in compact and "cls.predictions.decoder.weight" not in compact
+    save_file(compact, tmp_path / "model.safetensors")
+    fresh, _ = tiny_model("masked", seed=7)
+    from_nm_state_dict(fresh, load_file(tmp_path / "model.safetensors"))
+    expected, restored = model.state_dict(), fresh.state_dict()
+    assert restored.keys() == expected.keys()
+    for key, value in expected.items():  # float32 bits, a pruned -0.0 coming back as +0.0 (hence the + 0.0)
+        if value.is_floating_point():
+            assert torch.equal((restored[key] + 0.0).view(torch.int32), (value + 0.0).view(torch.int32)), key
+        else:
+            assert torch.equal(restored[key], value), key
+    assert fresh.cls.predictions.decoder.weight is fresh.bert.embeddings.word_embeddings.weight
+
+
+def test_nm_checkpoint_missing_a_weight_is_refused():
+    model = apply_magnitude_pruning(_toy(), None, "2:4", skip=())
+    compact = to_nm_state_dict(model)
+    del compact["2.bias"]
+    with pytest.raises(ValueError, match=r"missing \['2.bias'\]"):
+        from_nm_state_dict(_toy(1), compact)
+    del compact["0.weight.nm_index"]
+    with pytest.raises(ValueError, match="N:M entry '0.weight' needs '0.weight.nm_index' and '0.weight.nm_shape'"):
+        from_nm_state_dict(_toy(1), compact)
+
+
+class _Classifier(nn.Module):
+    """An encoder layer and a classification head, named as Hugging Face names them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.dense = nn.Linear(64, 64)
+        self.classifier = nn.Linear(64, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.relu(self.dense(x)))
+
+
+@pytest.mark.parametrize("prune", [
+    lambda m: apply_magnitude_pruning(m, 0.5, skip="classifier"),
+    lambda m: apply_wanda_pruning(m, _batches(), 0.5, skip="classifier", progress=False),
+    lambda m: apply_wanda_pruning(m, _batches(), None, "2:4", skip="classifier", progress=False),
+])
+def test_a_string_skip_is_one_name(prune):
+    # A string is one layer name, not a set of letters: the classifier stays dense, the rest is pruned.
+    model = prune(_Classifier())
+    assert (model.classifier.weight != 0).all()
+    assert int((model.dense.weight == 0).sum()) == 64 * 32
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda m: apply_wanda_pruning(m, _batches(), 0.3, "2:4", skip=()), "means sparsity 0.5"),
     (lambda m: apply_wanda_pruning(m, _batches(), 1.5, skip=()), "in \\[0, 1\\]"),
@@ -182,13 +239,13 @@ def _stack() -> _Stack:
 def _spy_norms(monkeypatch) -> dict:
     """Record the input norms every Wanda pruning step scores with, by layer name."""
     seen = {}
-    original = wanda._prune
+    original = wanda.prune_layers
 
     def spy(layers, norms, sparsity, nm):
         seen.update({name: norm.clone() for name, norm in norms.items()})
         original(layers, norms, sparsity, nm)
 
-    monkeypatch.setattr(wanda, "_prune", spy)
+    monkeypatch.setattr(wanda, "prune_layers", spy)
     return seen
 
 
@@ -291,7 +348,7 @@ def test_sequential_removes_hooks_and_restores_train_mode(failure, monkeypatch):
         def fail(*args):
             raise RuntimeError("pruning failed")
 
-        monkeypatch.setattr(wanda, "_prune", fail)
+        monkeypatch.setattr(wanda, "prune_layers", fail)
     if failure is None:
         apply_wanda_pruning(model, batches, 0.5, progress=False)
     else:

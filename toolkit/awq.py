@@ -8,7 +8,9 @@ in exact arithmetic. Here:
 - `scale_groups` finds where 1/s can be folded into the operation that produces the layer's input,
   so that inference costs nothing extra:
 
-  * Llama family (pre-norm; Llama, Mistral, Qwen2 names): q/k/v read `input_layernorm` (one s shared
+  * Llama family (pre-norm; Llama, Mistral, Qwen2, Qwen3), recognised by its module names *and* its norm
+    classes (`SCALABLE_NORMS`, which compute weight * normalized(x), so 1/s folds into the weight exactly):
+    q/k/v read `input_layernorm` (one s shared
     by the three, searched on their concatenated outputs), gate/up read `post_attention_layernorm`
     (shared s), o_proj reads v_proj through the attention average (rows of v_proj; only without
     grouped-query attention, where v_proj's outputs are o_proj's inputs one to one), down_proj reads
@@ -18,7 +20,9 @@ in exact arithmetic. Here:
     them would change the residual: query/key/value and intermediate.dense keep s = 1, and
     output.dense reads GELU(intermediate), which no scale passes through. These layers still get
     the clipping search.
-  * Anything else: s = 1 (round-to-nearest plus clipping).
+  * Anything else: s = 1 (round-to-nearest plus clipping). That includes blocks laid out like Llama's
+    whose norm is another class: Gemma's RMSNorm computes x * (1 + w), so dividing w by s would change
+    the model; `unscaled_blocks` lists such blocks with the reason.
 
 - `activation_aware_search` runs one calibration pass (`toolkit.calibration`), then for each group
   tries s = mean|x|^alpha (normalised by sqrt(max(s) * min(s))) for alpha on a grid of 20 in [0, 1)
@@ -44,11 +48,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from toolkit.calibration import SAMPLE_ROWS, LinearInputStats, collect_linear_inputs, is_statistics
-from toolkit.layers import int4_dequantize, int4_quantize
+from toolkit.int4 import int4_dequantize, int4_quantize
+from toolkit.shrink import submodule_at
 
 ALPHA_GRID = tuple(i / 20 for i in range(20))  # AWQ's grid: 20 points in [0, 1)
 CLIP_GRID = tuple(1 - i / 20 for i in range(10))  # AWQ's clipping: max shrink 0.5, 20-step grid
 NO_CLIP = ("q_proj", "k_proj", "query", "key")  # query and key projections (Llama, BERT names)
+# Norm classes computing weight * normalized(x), into whose weight 1/s folds exactly (not Gemma's x * (1 + w)).
+SCALABLE_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
+# Submodules of a Llama-family decoder block, relative to the block.
+_LLAMA_BLOCK = ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+                "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 @dataclass(frozen=True)
@@ -66,39 +76,69 @@ class ScaleGroup:
     layers: tuple[str, ...]
 
 
-def _has(module: nn.Module, path: str) -> bool:
-    try:
-        module.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
+def _llama_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name prefix, block) of every submodule laid out as a Llama-family decoder block (`_LLAMA_BLOCK`)."""
+    return [(f"{name}." if name else "", module) for name, module in model.named_modules()
+            if all(submodule_at(module, path) is not None for path in _LLAMA_BLOCK)]
+
+
+def _unscalable_norm(block: nn.Module) -> str | None:
+    """The class name of a norm of a Llama-layout `block` that 1/s cannot be folded into, or None."""
+    for norm in (block.input_layernorm, block.post_attention_layernorm):
+        if type(norm).__name__ not in SCALABLE_NORMS:
+            return type(norm).__name__
+    return None
+
+
+def unscaled_blocks(model: nn.Module) -> dict[str, str]:
+    """The Llama-layout blocks of `model` that keep s = 1 because of their norm class, with the reason.
+
+    Args:
+        model: any model.
+
+    Returns:
+        dict from block name to reason (empty for Llama, Mistral, Qwen2, Qwen3 and non-Llama layouts).
+    """
+    unscaled = {}
+    for prefix, block in _llama_blocks(model):
+        norm = _unscalable_norm(block)
+        if norm is not None:
+            unscaled[prefix.rstrip(".")] = (f"{norm} is not known to compute weight * normalized(x): "
+                                            "no scale folded into it (s = 1, round-to-nearest plus clipping)")
+    return unscaled
+
+
+def _llama_groups(prefix: str, block: nn.Module) -> list[ScaleGroup]:
+    """The scale groups of one Llama-family block whose norms take a folded scale (see the module docstring)."""
+    attn = f"{prefix}self_attn."
+    groups = [ScaleGroup(f"{prefix}input_layernorm", "norm", (f"{attn}q_proj", f"{attn}k_proj", f"{attn}v_proj"))]
+    if block.self_attn.v_proj.out_features == block.self_attn.o_proj.in_features:
+        groups.append(ScaleGroup(f"{attn}v_proj", "linear", (f"{attn}o_proj",)))
+    groups.append(ScaleGroup(f"{prefix}post_attention_layernorm", "norm",
+                             (f"{prefix}mlp.gate_proj", f"{prefix}mlp.up_proj")))
+    groups.append(ScaleGroup(f"{prefix}mlp.up_proj", "linear", (f"{prefix}mlp.down_proj",)))
+    return groups
 
 
 def scale_groups(model: nn.Module) -> list[ScaleGroup]:
     """The places of `model` where an input-channel scale can be folded exactly (see the module docstring).
 
     Args:
-        model: a Hugging Face Llama-family or BERT-family model (other models give an empty list).
+        model: a Hugging Face Llama-family or BERT-family model (other models, including Llama-layout
+            ones whose norms are not in `SCALABLE_NORMS`, give no group).
 
     Returns:
         list of `ScaleGroup`, in module order.
     """
+    llama = {block: prefix for prefix, block in _llama_blocks(model)}
     groups = []
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if all(_has(module, p) for p in ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj",
-                                           "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")):
-            attn = f"{prefix}self_attn."
-            groups.append(ScaleGroup(f"{prefix}input_layernorm", "norm",
-                                     (f"{attn}q_proj", f"{attn}k_proj", f"{attn}v_proj")))
-            if module.self_attn.v_proj.out_features == module.self_attn.o_proj.in_features:
-                groups.append(ScaleGroup(f"{attn}v_proj", "linear", (f"{attn}o_proj",)))
-            groups.append(ScaleGroup(f"{prefix}post_attention_layernorm", "norm",
-                                     (f"{prefix}mlp.gate_proj", f"{prefix}mlp.up_proj")))
-            groups.append(ScaleGroup(f"{prefix}mlp.up_proj", "linear", (f"{prefix}mlp.down_proj",)))
-        elif _has(module, "attention.self.value") and _has(module, "attention.output.dense") \
-                and isinstance(module.get_submodule("attention.self.value"), nn.Linear):
+        if module in llama:
+            if _unscalable_norm(module) is None:
+                groups += _llama_groups(prefix, module)
+        elif submodule_at(module, "attention.self.value", nn.Linear) is not None \
+                and submodule_at(module, "attention.output.dense") is not None:
             groups.append(ScaleGroup(f"{prefix}attention.self.value", "linear",
                                      (f"{prefix}attention.output.dense",)))
     return groups
@@ -197,29 +237,26 @@ def search_clip(x: torch.Tensor, weight: torch.Tensor, group_size: int,
     return best_ratio
 
 
-def _skipped(name: str, skip: set[str]) -> bool:
-    return name in skip or name.rpartition(".")[2] in skip
-
-
 @torch.no_grad()
 def activation_aware_search(
     model: nn.Module,
     calibration: Iterable | Mapping[str, LinearInputStats],
+    layers: Iterable[str],
     group_size: int = 64,
     *,
-    skip: Iterable[str] = (),
     clip: bool = True,
     sample_rows: int = SAMPLE_ROWS,
     progress: bool = True,
-) -> tuple[dict[str, torch.Tensor], list[dict]]:
+) -> tuple[dict[str, torch.Tensor], list[dict], dict[str, str]]:
     """Search and fold AWQ scales into the float `model` (in place), then search clipping ratios.
 
     Args:
         model: a float model (its `nn.Linear` layers not yet replaced).
         calibration: calibration batches for `collect_linear_inputs`, or the dict it returned with a
             row sample for every layer to quantize.
+        layers: names (as in `model.named_modules()`) of the linear layers to quantize, e.g.
+            `toolkit.layers.linear_targets(model)`; groups touching another layer keep s = 1.
         group_size: int4 group size (must divide the in_features of the layers to quantize).
-        skip: names (full or last part) of the layers kept in float: groups touching them keep s = 1.
         clip: also search clipping ratios.
         sample_rows: rows sampled per layer for the error measurements.
         progress: show tqdm bars.
@@ -227,14 +264,13 @@ def activation_aware_search(
     Returns:
         (clip ratios: layer name -> float32 (out, in // group_size), empty without `clip` and
         absent for the query and key projections;
-        one dict per scaled group: 'previous', 'layers', 'alpha', 'error', 'rtn_error').
+        one dict per scaled group: 'previous', 'layers', 'alpha', 'error', 'rtn_error';
+        `unscaled_blocks(model)`: the blocks left at s = 1 by their norm class, with the reason).
 
     Raises:
         ValueError: precomputed statistics without a sample for a layer to quantize.
     """
-    skip = set(skip)
-    targets = [name for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and not _skipped(name, skip)]
+    targets = list(layers)
     if is_statistics(calibration):
         stats = calibration
         missing = [name for name in targets if name not in stats or stats[name].sample is None]
@@ -244,7 +280,7 @@ def activation_aware_search(
     else:
         stats = collect_linear_inputs(model, calibration, layers=targets, sample=True, sample_rows=sample_rows,
                                       progress=progress)
-    groups = [g for g in scale_groups(model) if not any(_skipped(name, skip) for name in g.layers)]
+    groups = [g for g in scale_groups(model) if set(g.layers) <= set(targets)]
     input_scale: dict[str, torch.Tensor] = {}
     report, chosen = [], []
     for group in tqdm(groups, desc="AWQ scale search", disable=not progress):
@@ -269,4 +305,4 @@ def activation_aware_search(
                 x = x / input_scale[name]  # the layer's input after folding
             ratio = search_clip(x, layer.weight.detach().float().cpu(), group_size)
             clip_ratios[name] = ratio.to(layer.weight.device)
-    return clip_ratios, report
+    return clip_ratios, report, unscaled_blocks(model)

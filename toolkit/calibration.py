@@ -78,26 +78,38 @@ class _Recorder:
         self.current_mask = current_mask  # one-element list holding the batch's attention mask (or None)
         self.keys: torch.Tensor | None = None  # the random priorities of the sampled rows
 
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict | None = None) -> None:
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        """Add the rows of the layer's input `args[0]` (..., in_features), padding left out, to the statistics."""
         x = args[0].detach()
         mask = self.current_mask[0]
         if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
             x = x[mask.to(device=x.device, dtype=torch.bool)]
-        rows = x.reshape(-1, x.shape[-1]).float()
+        rows = x.reshape(-1, x.shape[-1])
+        wide = rows.double()
         stats = self.stats
-        stats.sum_squares += rows.double().pow(2).sum(dim=0).cpu()
-        stats.sum_abs += rows.double().abs().sum(dim=0).cpu()
+        stats.sum_squares += wide.pow(2).sum(dim=0).cpu()
+        stats.sum_abs += wide.abs().sum(dim=0).cpu()
         stats.tokens += rows.shape[0]
         if self.sample_rows:
-            # Reservoir by random priorities: keep the rows with the k largest uniform keys.
-            keys = torch.rand(rows.shape[0], generator=self.generator)
-            rows = rows.cpu()
-            if stats.sample is not None:
-                keys, rows = torch.cat([self.keys, keys]), torch.cat([stats.sample, rows])
-            if rows.shape[0] > self.sample_rows:
-                kept = torch.topk(keys, self.sample_rows).indices.sort().values
-                keys, rows = keys[kept], rows[kept]
-            self.keys, stats.sample = keys, rows.contiguous()
+            self._sample(rows)
+
+    def _sample(self, rows: torch.Tensor) -> None:
+        """Reservoir by random priorities: keep the rows with the `sample_rows` largest uniform keys.
+
+        Only the rows of this batch that survive the selection are copied to the CPU (as float32).
+        """
+        stats = self.stats
+        keys = torch.rand(rows.shape[0], generator=self.generator)
+        if rows.shape[0] > self.sample_rows:  # no more than sample_rows of this batch can be kept
+            kept = torch.topk(keys, self.sample_rows).indices.sort().values
+            keys, rows = keys[kept], rows[kept.to(rows.device)]
+        rows = rows.float().cpu()
+        if stats.sample is not None:
+            keys, rows = torch.cat([self.keys, keys]), torch.cat([stats.sample, rows])
+        if rows.shape[0] > self.sample_rows:
+            kept = torch.topk(keys, self.sample_rows).indices.sort().values
+            keys, rows = keys[kept], rows[kept]
+        self.keys, stats.sample = keys, rows.contiguous()
 
 
 def _check_linear_names(model: nn.Module, names: Iterable[str] | None) -> dict[str, nn.Linear]:
@@ -137,7 +149,13 @@ def as_batches(calibration: Batch | Iterable[Batch]) -> list[Batch]:
 
     Returns:
         list of batches, 1-d id tensors made (1, L).
+
+    Raises:
+        ValueError: an empty mapping (neither statistics nor a batch of model inputs).
     """
+    if isinstance(calibration, Mapping) and not calibration:
+        raise ValueError("calibration is an empty dict: pass batches (tensors of input ids or dicts of model "
+                         "inputs) or the statistics collect_linear_inputs returned")
     if isinstance(calibration, (torch.Tensor, Mapping)):
         calibration = [calibration]
     return [batch[None] if isinstance(batch, torch.Tensor) and batch.dim() == 1 else batch
@@ -282,8 +300,9 @@ def calibration_batches(
 ) -> list[torch.Tensor]:
     """Cut texts into calibration windows of token ids, the first `n_samples` of them, batched.
 
-    The texts are joined with blank lines and tokenized once, then cut into consecutive windows
-    (the standard recipe of GPTQ, AWQ and Wanda, which use 128 windows of 2048 tokens of C4).
+    The texts are joined with blank lines and tokenized once, then cut into consecutive windows, as
+    the calibration recipes of the papers do: GPTQ and Wanda take 128 windows of 2048 tokens of C4,
+    AWQ 128 windows of 512 tokens of the Pile validation set.
     For `kind="masked"` each window is `[CLS] + seq_len - 2 tokens + [SEP]`, as BERT expects.
 
     Args:

@@ -24,9 +24,11 @@ distillation.py do), and it prints nothing but optional progress bars: results a
 returned. Sizes are in MB of 2**20 bytes throughout.
 
 Guarantees: `parameter_count` is the same before and after quantization (`quantize_model`,
-`quantize_dynamic`, bitsandbytes). `perplexity` and `pseudo_perplexity` never score beyond the
-model's positions (a larger `max_length` raises ValueError) and never score only the special
-tokens the tokenizer adds (texts with no token to score raise ValueError).
+`quantize_dynamic`, bitsandbytes), except when quantizing unties a tied weight (BERT's MLM
+decoder with `quantize_model(..., skip=())`), which then counts twice. `perplexity` and
+`pseudo_perplexity` never score beyond the model's positions (a larger `max_length` raises
+ValueError) and never score only the special tokens the tokenizer adds (texts with no token to
+score raise ValueError).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
   1-bit packed sign), so `state_dict()` holds the real bytes; int8 computes
   through the lab's `mixed_precision_forward`.
 - `quantize_model`: swaps the `nn.Linear` layers of a model for `QuantizedLinear`.
-- 'int4': group-wise asymmetric 4-bit weights (`int4_quantize`), round-to-nearest, or with
+- 'int4': group-wise asymmetric 4-bit weights (`toolkit.int4.int4_quantize`), round-to-nearest, or with
   `quantize_model(..., calibration=batches)` an activation-aware scale and clipping search whose
   scales are folded into the preceding operation (`toolkit.awq`).
 
@@ -28,13 +28,15 @@ Guarantees:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from quantization import FORMATS, _check_format, _check_threshold, absmax_quantize, mixed_precision_forward
+from toolkit.awq import activation_aware_search
+from toolkit.int4 import check_group_size, int4_dequantize, int4_quantize
 from toolkit.packing import pack_bits, unpack_bits
 
 # ---------------------------------------------------------------------------
@@ -45,83 +47,15 @@ from toolkit.packing import pack_bits, unpack_bits
 _PACKED_BITS = {"1.58bit": 2, "1bit": 1}
 # The formats of QuantizedLinear: the lab's, plus group-wise 4-bit (weight-only, toolkit only).
 LAYER_FORMATS = (*FORMATS, "int4")
-INT4_LEVELS = 15  # codes 0..15
 # The integer dtype of each element size: float storage travels through casts as these (`_apply`).
 _SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _check_group_size(in_features: int, group_size: int) -> None:
-    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-    if in_features % group_size:
-        raise ValueError(f"group_size {group_size} does not divide in_features {in_features}: int4 groups run "
-                         f"along the input features, so pick a divisor of {in_features} (e.g. 32, 64 or 128)")
-
-
-def int4_quantize(
-    weight: torch.Tensor, group_size: int = 64, clip_ratio: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Group-wise asymmetric 4-bit round-to-nearest quantization along the input features.
-
-    Each row of `weight` is cut into groups of `group_size` consecutive input weights. A group's
-    range [lo, hi] is its [min, max] widened to hold 0 (then shrunk by `clip_ratio`, if given);
-    scale = (hi - lo) / 15 is rounded to float16 *upwards*, zero = round(-lo / scale) in [0, 15],
-    codes = clamp(round(w / scale) + zero, 0, 15), and w ~ (code - zero) * scale. Every weight inside
-    [lo, hi] is thus within scale / 2 of its dequantized value, and 0 is represented exactly.
-
-    Args:
-        weight: float tensor (out_features, in_features).
-        group_size: weights per group; must divide in_features.
-        clip_ratio: optional float tensor (out_features, in_features // group_size) of factors in
-            (0, 1] applied to lo and hi (weights outside the shrunk range are clipped).
-
-    Returns:
-        (codes uint8 (out, in) in [0, 15], scale float16 (out, in // group_size),
-        zero uint8 (out, in // group_size)).
-
-    Raises:
-        ValueError: `weight` is not 2-d, or `group_size` is not a positive divisor of in_features.
-    """
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-d (out_features, in_features), got shape {tuple(weight.shape)}")
-    out_features, in_features = weight.shape
-    _check_group_size(in_features, group_size)
-    w = weight.detach().float().view(out_features, in_features // group_size, group_size)
-    lo = w.amin(dim=2).clamp(max=0)
-    hi = w.amax(dim=2).clamp(min=0)
-    if clip_ratio is not None:
-        ratio = clip_ratio.float().to(w.device)
-        lo, hi = lo * ratio, hi * ratio
-    exact = (hi - lo) / INT4_LEVELS
-    scale = exact.half()
-    scale = torch.where(scale.float() < exact, torch.nextafter(scale, torch.full_like(scale, math.inf)), scale)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale, codes = zero
-    step = scale.float()
-    zero = (-lo / step).round_().clamp_(0, INT4_LEVELS)
-    codes = (w / step[..., None]).round_().add_(zero[..., None]).clamp_(0, INT4_LEVELS)
-    return codes.view(out_features, in_features).to(torch.uint8), scale, zero.to(torch.uint8)
-
-
-def int4_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(codes - zero) * scale per group: the inverse of `int4_quantize`, as `dtype` (out, in).
-
-    Args:
-        codes: uint8 (out, in) in [0, 15]; scale: float16 (out, groups); zero: uint8 (out, groups).
-        dtype: the floating dtype of the result (the arithmetic is float32, then cast).
-    """
-    out_features, in_features = codes.shape
-    groups = scale.shape[1]
-    grouped = codes.view(out_features, groups, in_features // groups).float()
-    weight = (grouped - zero.float()[..., None]) * scale.float()[..., None]
-    return weight.view(out_features, in_features).to(dtype)
 
 
 def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack codes in {-1, 0, 1} (bits=2) or {-1, 1} (bits=1) into a flat uint8 tensor.
 
     Field values: 2 bits hold code + 1 (0, 1, 2); 1 bit holds 1 for +1 and 0 for -1.
-    Layout as in `bitpack.pack_bits`: ceil(n * bits / 8) bytes.
+    Layout as in `toolkit.packing.pack_bits`: ceil(n * bits / 8) bytes.
     """
     return pack_bits(codes + 1 if bits == 2 else codes > 0, bits)
 
@@ -142,15 +76,16 @@ class QuantizedLinear(nn.Module):
                   quantized per row at run time by `mixed_precision_forward`;
                   input features with |x| >= threshold go through fp16;
                   `threshold=None` is pure int8.
-        '1.58bit' BitNet b1.58 absmean rule per output channel: gamma = mean|w| of
-                  the row, codes = clip(round(w / gamma), -1, 1), w ~ gamma * code.
+        '1.58bit' a per-output-channel variant of the BitNet b1.58 absmean rule (the
+                  paper's gamma is one per tensor): gamma = mean|w| of the row,
+                  codes = clip(round(w / gamma), -1, 1), w ~ gamma * code.
                   `weight_packed` uint8 (ceil(n / 4),), 4 codes per byte, and
                   `weight_scale` float32 (out,) = gamma. (QuantizedVector's ternary
                   rule, threshold mean|x| and no scale, is the lesson's simpler version.)
         '1bit'    codes = sign(w) (zero -> +1), scale = mean|w| of the row.
                   `weight_packed` uint8 (ceil(n / 8),), 8 codes per byte, and
                   `weight_scale` float32 (out,).
-        'int4'    group-wise asymmetric 4-bit (`int4_quantize`), G = in / group_size groups
+        'int4'    group-wise asymmetric 4-bit (`toolkit.int4.int4_quantize`), G = in / group_size groups
                   per row: `weight_packed` uint8 (n / 2,), 2 codes per byte, `weight_scale`
                   float16 (out, G) and `weight_zero` uint8 (out, G): 4 + 24 / group_size bits
                   per weight (4.375 at group 64). Weight-only: the codes are dequantized to
@@ -194,7 +129,7 @@ class QuantizedLinear(nn.Module):
         _check_format(quantization_format, LAYER_FORMATS)
         _check_threshold(threshold)
         if quantization_format == "int4":
-            _check_group_size(in_features, group_size)
+            check_group_size(in_features, group_size)
         self.group_size = group_size
         self.in_features = in_features
         self.out_features = out_features
@@ -231,14 +166,15 @@ class QuantizedLinear(nn.Module):
             threshold: outlier threshold for 'int8' (> 0), None for pure int8.
             group_size: 'int4' only: weights per group (a divisor of in_features).
             clip_ratio: 'int4' only: optional (out, in // group_size) range shrink factors in
-                (0, 1], e.g. from the activation-aware clipping search (`int4_quantize`).
+                (0, 1], e.g. from the activation-aware clipping search (`toolkit.int4.int4_quantize`).
 
         Returns:
             A `QuantizedLinear` on `linear`'s device.
 
         Raises:
             TypeError: `linear` is not an `nn.Linear`.
-            ValueError: unknown format or bad threshold.
+            ValueError: unknown format or bad threshold; 'int4': a group_size that is not a positive
+                divisor of in_features, or a clip_ratio of another shape or with a value outside (0, 1].
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
@@ -366,6 +302,51 @@ def _default_skip(model: nn.Module) -> set[str]:
     return skip
 
 
+def skip_names(model: nn.Module, skip: str | Iterable[str] | None) -> set[str]:
+    """The names of the layers a compression method keeps in float or dense.
+
+    Args:
+        model: the model the names belong to.
+        skip: None (the output head, `_default_skip`), one name as a string, or an iterable of names.
+
+    Returns:
+        the set of names, each to match a layer's full name or its last part (`is_skipped`).
+    """
+    if skip is None:
+        return _default_skip(model)
+    return {skip} if isinstance(skip, str) else set(skip)
+
+
+def is_skipped(name: str, skip: Collection[str]) -> bool:
+    """Whether module `name` is skipped: `skip` holds its full name ('cls.predictions.decoder') or last part.
+
+    Args:
+        name: a module name as in `model.named_modules()`.
+        skip: names, e.g. from `skip_names`; a single string is one name.
+
+    Returns:
+        True when the layer is skipped.
+    """
+    if isinstance(skip, str):
+        skip = {skip}
+    return name in skip or name.rpartition(".")[2] in skip
+
+
+def linear_targets(model: nn.Module, skip: str | Iterable[str] | None = None) -> dict[str, nn.Linear]:
+    """The `nn.Linear` layers of `model` that a compression method touches: all but the skipped ones.
+
+    Args:
+        model: any module.
+        skip: as `skip_names`: None keeps the output head out, a string is one name, `()` keeps none out.
+
+    Returns:
+        dict from module name to layer, in module order (a layer registered twice, under its first name).
+    """
+    names = skip_names(model, skip)
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and not is_skipped(name, names)}
+
+
 def _linear_plan(model: nn.Module, skip: set[str]) -> dict[nn.Linear, tuple[list[str], str | None]]:
     """Every nn.Linear of `model`: all the names it is registered under, and why it stays in
     float (None: it is replaced). Besides `skip`, layers whose `.weight` a parent reads directly,
@@ -381,7 +362,7 @@ def _linear_plan(model: nn.Module, skip: set[str]) -> dict[nn.Linear, tuple[list
     for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, nn.Linear):
             names, reason = plan.get(module, ([], kept.get(module)))
-            if reason is None and (name in skip or name.rpartition(".")[2] in skip):
+            if reason is None and is_skipped(name, skip):
                 reason = "in skip"
             plan[module] = (names + [name], reason)
     return plan
@@ -413,10 +394,13 @@ def quantize_model(
     Afterwards `model.quantization_report` is a dict with 'format', 'threshold',
     'replaced' and 'skipped' (lists of module names; a layer registered under two
     names is replaced under both, by one layer) and 'skip_reasons' ({skipped name:
-    why}); with `verbose` one line saying how many layers were replaced is printed.
-    A linear layer whose `.weight` its parent reads directly (the `out_proj` of
-    `nn.MultiheadAttention`, linear1/linear2 of a batch_first `nn.TransformerEncoderLayer`)
-    is always kept in float, so the forward still works.
+    why}); 'int4' adds 'group_size', 'activation_aware', 'scaled' (the groups whose
+    activation-aware scales were folded, see `toolkit.awq.activation_aware_search`) and
+    'unscaled' ({block: why its layers keep s = 1}); with `verbose` one line saying how
+    many layers were replaced is printed. A linear layer whose `.weight` its parent
+    reads directly (the `out_proj` of `nn.MultiheadAttention`, linear1/linear2 of a
+    batch_first `nn.TransformerEncoderLayer`) is always kept in float, so the forward
+    still works.
 
     Args:
         model: any module, e.g. a Hugging Face model.
@@ -446,19 +430,16 @@ def quantize_model(
                          "quantize a lone nn.Linear with QuantizedLinear.from_linear")
     if calibration is not None and quantization_format != "int4":
         raise ValueError(f"calibration is used by the 'int4' format only, not {quantization_format!r}")
-    skip = _default_skip(model) if skip is None else {skip} if isinstance(skip, str) else set(skip)
-    plan = _linear_plan(model, skip)
-    skip |= {name for names, reason in plan.values() if reason for name in names}  # every name of a kept layer
+    plan = _linear_plan(model, skip_names(model, skip))
     if quantization_format == "int4":
-        for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and not (name in skip or name.rpartition(".")[2] in skip):
-                _check_group_size(module.in_features, group_size)
-    clip_ratios, scaled = {}, []
+        for module, (_, reason) in plan.items():
+            if reason is None:
+                check_group_size(module.in_features, group_size)
+    clip_ratios, scaled, unscaled = {}, [], {}
     if calibration is not None:
-        from toolkit.awq import activation_aware_search  # imported here: toolkit.awq imports this module
-
-        clip_ratios, scaled = activation_aware_search(model, calibration, group_size, skip=skip, clip=clip,
-                                                      progress=verbose)
+        quantized = [names[0] for names, reason in plan.values() if reason is None]
+        clip_ratios, scaled, unscaled = activation_aware_search(model, calibration, quantized, group_size,
+                                                                clip=clip, progress=verbose)
     replaced, skipped, reasons = [], [], {}
     for module, (names, reason) in plan.items():
         if reason is not None:
@@ -478,7 +459,7 @@ def quantize_model(
                                  "replaced": replaced, "skipped": skipped, "skip_reasons": reasons}
     if quantization_format == "int4":
         model.quantization_report.update(group_size=group_size, activation_aware=calibration is not None,
-                                         scaled=scaled)
+                                         scaled=scaled, unscaled=unscaled)
     if verbose:
         layers = sum(reason is None for _, reason in plan.values())  # a layer under two names counts once
         print(f"quantize_model: replaced {layers} nn.Linear layers with {quantization_format} "

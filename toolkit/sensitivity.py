@@ -5,9 +5,11 @@
 these) -- leaves everything else intact, measures perplexity with `toolkit.evaluation.perplexity`, and
 restores the target before the next probe. Probes:
 
-- magnitude pruning at each fraction in `prune` (each layer on its own, the lab's `apply_weight_pruning`),
-- Wanda pruning at the same fractions when `calibration` is given (`toolkit.wanda`, one calibration pass
-  shared by all probes),
+- magnitude pruning at each fraction in `prune`: the lowest |W_ij| of each output row, as
+  `toolkit.wanda.apply_magnitude_pruning` (per row, not the lab's per-tensor `apply_weight_pruning`), so
+  that its curve compares with Wanda's, which uses the same per-row masks,
+- Wanda pruning at the same fractions when `calibration` is given (`toolkit.wanda.prune_layers`, one
+  calibration pass shared by all probes),
 - quantization to each format in `quantize` ('int8' without outlier threshold, 'int4', '1.58bit', ... of
   `QuantizedLinear`).
 
@@ -26,11 +28,11 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruning import apply_weight_pruning
+from quantization import _check_format
 from toolkit.calibration import LinearInputStats, collect_linear_inputs, is_statistics
 from toolkit.evaluation import perplexity
-from toolkit.layers import QuantizedLinear, _default_skip
-from toolkit.wanda import row_mask
+from toolkit.layers import LAYER_FORMATS, QuantizedLinear, linear_targets
+from toolkit.wanda import prune_layers
 
 LAYER_KINDS = ("query", "key", "value", "attention output", "ffn in", "ffn out")
 # Suffixes of module names -> kind (BERT family, Llama family); the first match wins.
@@ -55,20 +57,26 @@ def layer_kind(name: str) -> str | None:
 
 
 def _targets(model: nn.Module, by: str, layers: Iterable[str] | None) -> dict[str, list[str]]:
-    skip = _default_skip(model)
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)
-               and not (name in skip or name.rpartition(".")[2] in skip) and layer_kind(name) is not None]
-    if layers is not None:
-        wanted = set(layers)
-        unknown = wanted - set(linears) - set(LAYER_KINDS)
-        if unknown:
-            raise ValueError(f"not a layer kind or a scannable nn.Linear of the model: {sorted(unknown)}")
+    """Target name -> the linear layers it compresses: one per kind (by="kind") or per layer (by="layer").
+
+    Raises:
+        ValueError: bad `by`, a name in `layers` that is not a kind (by="kind") or a scannable layer
+            (by="layer"), or nothing to scan.
+    """
+    linears = [name for name in linear_targets(model) if layer_kind(name) is not None]
     if by == "kind":
         targets = {kind: [n for n in linears if layer_kind(n) == kind] for kind in LAYER_KINDS}
     elif by == "layer":
         targets = {name: [name] for name in linears}
     else:
         raise ValueError(f"by must be 'kind' or 'layer', got {by!r}")
+    if layers is not None:
+        wanted = set(layers)
+        allowed = set(LAYER_KINDS) if by == "kind" else set(linears)
+        unknown = wanted - allowed
+        if unknown:
+            what = "a layer kind" if by == "kind" else "a scannable nn.Linear of the model (it takes layer names)"
+            raise ValueError(f"with by={by!r}, not {what}: {sorted(unknown)}")
     targets = {key: names for key, names in targets.items() if names and (layers is None or key in wanted)}
     if not targets:
         raise ValueError(f"no BERT- or Llama-style linear layer to scan in {type(model).__name__}")
@@ -76,11 +84,12 @@ def _targets(model: nn.Module, by: str, layers: Iterable[str] | None) -> dict[st
 
 
 def _check_levels(prune: Sequence[float], quantize: Sequence[str]) -> None:
+    """Raise ValueError for a fraction outside [0, 1] or a format `QuantizedLinear` does not have."""
     for fraction in prune:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
             raise ValueError(f"prune fractions must be numbers in [0, 1], got {fraction!r}")
     for fmt in quantize:
-        QuantizedLinear(64, 1, fmt)  # raises ValueError for an unknown format
+        _check_format(fmt, LAYER_FORMATS)
 
 
 @torch.no_grad()
@@ -118,7 +127,8 @@ def sensitivity_scan(
         row). The first row is the uncompressed model.
 
     Raises:
-        ValueError: bad `by`, unknown layers, bad fractions or formats.
+        ValueError: bad `by`, unknown layers (kind names with by="layer" included), bad fractions or
+            formats, or precomputed statistics missing a scanned layer.
     """
     targets = _targets(model, by, layers)
     _check_levels(prune, quantize)
@@ -129,6 +139,9 @@ def sensitivity_scan(
         names = sorted({name for group in targets.values() for name in group})
         stats = calibration if is_statistics(calibration) else \
             collect_linear_inputs(model, calibration, layers=names, progress=progress)
+        missing = [name for name in names if name not in stats]
+        if missing:
+            raise ValueError(f"the calibration statistics lack {missing[:3]}: collect them for every scanned layer")
         norms = {name: stats[name].norm for name in names}
     base = score()
     rows = [dict(target="none", kind="none", layers=0, method="baseline", level="none", perplexity=base, ratio=1.0)]
@@ -140,13 +153,8 @@ def sensitivity_scan(
         for method, level in probes:
             saved = {name: module.weight.detach().clone() for name, module in modules.items()}
             try:
-                if method == "magnitude":
-                    for module in modules.values():
-                        apply_weight_pruning(module, nn.Linear, level)
-                elif method == "wanda":
-                    for name, module in modules.items():
-                        scores = module.weight.abs().float() * norms[name].to(module.weight.device)[None, :]
-                        module.weight.mul_(row_mask(scores, level))
+                if method in ("magnitude", "wanda"):
+                    prune_layers(modules, norms if method == "wanda" else None, level)
                 else:
                     for name, module in modules.items():
                         parent, _, child = name.rpartition(".")

@@ -40,13 +40,22 @@ _HEAD_COLUMNS = "output.dense"
 # Shrinking: remove neurons and heads by building smaller layers
 # ---------------------------------------------------------------------------------------------------------
 
-def _linear_at(module: nn.Module, path: str) -> nn.Linear | None:
-    """The nn.Linear at dotted `path` under `module`, or None if there is none."""
+def submodule_at(module: nn.Module, path: str, kind: type[nn.Module] = nn.Module) -> nn.Module | None:
+    """The submodule at dotted `path` under `module` if it is a `kind`, else None.
+
+    Args:
+        module: where to look.
+        path: a dotted name relative to `module`, e.g. 'self_attn.q_proj'.
+        kind: the module class required (default: any module).
+
+    Returns:
+        the submodule, or None when there is none at `path` or it is not a `kind`.
+    """
     try:
         found = module.get_submodule(path)
     except AttributeError:
         return None
-    return found if isinstance(found, nn.Linear) else None
+    return found if isinstance(found, kind) else None
 
 
 def _select_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
@@ -76,7 +85,7 @@ def _find_ffns(model: nn.Module) -> list[tuple[nn.Module, tuple[str, ...], str, 
     found = []
     for module in model.modules():
         for inputs, output, field in _FFN_PATTERNS:
-            if all(_linear_at(module, path) is not None for path in (*inputs, output)):
+            if all(submodule_at(module, path, nn.Linear) is not None for path in (*inputs, output)):
                 found.append((module, inputs, output, field))
     return found
 
@@ -152,7 +161,8 @@ def _find_attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
     return {
         name.removeprefix(prefix): module
         for name, module in model.named_modules()
-        if all(_linear_at(module, path) is not None for path in (*(f"self.{p}" for p in _QKV), _HEAD_COLUMNS))
+        if all(submodule_at(module, path, nn.Linear) is not None
+               for path in (*(f"self.{p}" for p in _QKV), _HEAD_COLUMNS))
         and hasattr(module.self, "num_attention_heads")
     }
 

@@ -4,7 +4,7 @@
 `apply_weight_pruning` take less disk space. It does not run sparse kernels: in memory
 a masked weight stays dense.
 """
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -42,6 +42,53 @@ def _load_unique_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor])
             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
         )
     model.load_state_dict(state, strict=False)  # tied aliases are filled through the tensor they share
+
+
+def _load_encoded_state_dict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    label: str,
+    suffix: str,
+    companions: tuple[str, ...],
+    decode: Callable[[Mapping[str, torch.Tensor], str], torch.Tensor],
+) -> None:
+    """Decode the encoded entries of `state`, then load the dense dict into `model` (`_load_unique_state_dict`).
+
+    An entry `base + suffix` and its companions `base + c` for c in `companions` become one dense
+    entry `base`, `decode(state, base)`; every other entry is loaded as it is.
+
+    Args:
+        model: the model to load into, in place.
+        state: the encoded dict (e.g. from `to_sparse_state_dict` or `toolkit.wanda.to_nm_state_dict`).
+        label: names the encoding in error messages ('sparse', 'N:M').
+        suffix: the key suffix marking an encoded entry (its values).
+        companions: the other key suffixes every encoded entry needs.
+        decode: returns the dense tensor of the encoded entry `base`.
+
+    Raises:
+        ValueError: an encoded entry without a companion, or names that do not fit the model.
+    """
+    dense = {}
+    for name, tensor in state.items():
+        if name.endswith(suffix):
+            base = name.removesuffix(suffix)
+            needed = [base + companion for companion in companions]
+            if any(key not in state for key in needed):
+                raise ValueError(f"{label} entry {base!r} needs {' and '.join(map(repr, needed))}")
+            dense[base] = decode(state, base)
+        elif not name.endswith(companions):
+            dense[name] = tensor
+    _load_unique_state_dict(model, dense)
+
+
+def _decode_sparse(state: Mapping[str, torch.Tensor], base: str) -> torch.Tensor:
+    """The dense tensor of the sparse entry `base` of a `to_sparse_state_dict` dict."""
+    values = state[base + _VALUES]
+    shape = torch.Size(state[base + _SHAPE].tolist())
+    nonzero = unpack_bits(state[base + _MASK], 1, shape.numel()).bool()
+    restored = torch.zeros(shape.numel(), dtype=values.dtype, device=values.device)
+    restored[nonzero] = values
+    return restored.view(shape)
 
 
 def to_sparse_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -95,18 +142,5 @@ def from_sparse_state_dict(model: nn.Module, sparse_state_dict: Mapping[str, tor
         ValueError: a sparse entry lacks its mask or shape, or the names do not match the model's state
             dict (a missing weight or an unknown name). A shape mismatch raises torch's RuntimeError.
     """
-    dense = {}
-    for name, tensor in sparse_state_dict.items():
-        if name.endswith(_VALUES):
-            base = name.removesuffix(_VALUES)
-            if base + _MASK not in sparse_state_dict or base + _SHAPE not in sparse_state_dict:
-                raise ValueError(f"sparse entry {base!r} needs {base + _MASK!r} and {base + _SHAPE!r}")
-            shape = torch.Size(sparse_state_dict[base + _SHAPE].tolist())
-            nonzero = unpack_bits(sparse_state_dict[base + _MASK], 1, shape.numel()).bool()
-            restored = torch.zeros(shape.numel(), dtype=tensor.dtype, device=tensor.device)
-            restored[nonzero] = tensor
-            dense[base] = restored.view(shape)
-        elif not name.endswith((_MASK, _SHAPE)):
-            dense[name] = tensor
-    _load_unique_state_dict(model, dense)
+    _load_encoded_state_dict(model, sparse_state_dict, "sparse", _VALUES, (_MASK, _SHAPE), _decode_sparse)
     return model

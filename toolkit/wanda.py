@@ -44,8 +44,9 @@ from tqdm.auto import tqdm
 
 from toolkit.calibration import (Batch, LinearInputStats, as_batches, batch_inputs, collect_linear_inputs,
                                  is_statistics, model_device, record_linear_inputs)
-from toolkit.layers import _default_skip
+from toolkit.layers import linear_targets, skip_names
 from toolkit.packing import pack_bits, unpack_bits
+from toolkit.sparse import _load_encoded_state_dict, _unique_state_dict
 
 # Key suffixes of an N:M weight stored by to_nm_state_dict.
 _NM_VALUES, _NM_INDEX, _NM_SHAPE = ".nm_values", ".nm_index", ".nm_shape"
@@ -118,18 +119,22 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return keep.view(out_features, in_features)
 
 
-def _targets(model: nn.Module, skip: Iterable[str] | None) -> dict[str, nn.Linear]:
+def _targets(model: nn.Module, skip: str | Iterable[str] | None) -> dict[str, nn.Linear]:
+    """The layers to prune: `toolkit.layers.linear_targets(model, skip)`, refusing a lone layer or none.
+
+    Raises:
+        ValueError: `model` is an `nn.Linear`, or no `nn.Linear` is left to prune.
+    """
     if isinstance(model, nn.Linear):
         raise ValueError("pass the model holding the layers, not a lone nn.Linear")
-    skip = _default_skip(model) if skip is None else set(skip)
-    targets = {name: module for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and not (name in skip or name.rpartition(".")[2] in skip)}
+    targets = linear_targets(model, skip)
     if not targets:
-        raise ValueError(f"no nn.Linear to prune in {type(model).__name__} (skip={sorted(skip)})")
+        raise ValueError(f"no nn.Linear to prune in {type(model).__name__} (skip={sorted(skip_names(model, skip))})")
     return targets
 
 
 def _check_divisible(layers: Mapping[str, nn.Linear], nm: tuple[int, int] | None) -> None:
+    """Raise ValueError naming the first layer whose in_features the pattern's M does not divide."""
     for name, layer in layers.items():
         if nm is not None and layer.in_features % nm[1]:
             raise ValueError(f"layer {name!r}: an {nm[0]}:{nm[1]} pattern needs in_features divisible by "
@@ -137,9 +142,23 @@ def _check_divisible(layers: Mapping[str, nn.Linear], nm: tuple[int, int] | None
 
 
 @torch.no_grad()
-def _prune(layers: Mapping[str, nn.Linear], norms: Mapping[str, torch.Tensor] | None,
-           sparsity: float, nm: tuple[int, int] | None) -> None:
-    _check_divisible(layers, nm)
+def prune_layers(layers: Mapping[str, nn.Linear], norms: Mapping[str, torch.Tensor] | None,
+                 sparsity: float, nm: tuple[int, int] | None = None) -> None:
+    """Zero, in place, the lowest-scored weights of each row of each layer: Wanda, or magnitude without norms.
+
+    The score is |W_ij| * ||X_j||_2 with `norms`, |W_ij| without; the masks are `row_mask` (exactly
+    round(sparsity * in_features) zeros per row) or, with `nm`, `nm_mask`.
+
+    Args:
+        layers: the layers to prune, by name.
+        norms: name -> float (in_features,) input-channel norms ||X_j||_2 (e.g. `LinearInputStats.norm`)
+            for every layer, or None for magnitude pruning.
+        sparsity: fraction of each row to zero (ignored with `nm`).
+        nm: (N, M) to keep N of every M consecutive input weights, or None (unstructured).
+
+    Raises:
+        ValueError: (N:M) a layer whose in_features M does not divide (from `nm_mask`).
+    """
     for name, layer in layers.items():
         scores = layer.weight.detach().abs().float()
         if norms is not None:
@@ -313,15 +332,15 @@ def _prune_sequentially(model: nn.Module, batches: Sequence[Batch], layers: Mapp
             for index, block in enumerate(tqdm(blocks, desc="Wanda", unit="block", disable=not progress)):
                 inside = {name: layer for name, layer in layers.items() if name.startswith(f"{list_name}.{index}.")}
                 if inside:
-                    _prune(inside, {name: stats.norm for name, stats in _block_stats(block, inside, calls).items()},
-                           sparsity, nm)
+                    norms = {name: stats.norm for name, stats in _block_stats(block, inside, calls).items()}
+                    prune_layers(inside, norms, sparsity, nm)
                 if index + 1 < len(blocks):
                     calls = _block_outputs(block, calls)
                 in_blocks.update(inside)
         rest = {name: layer for name, layer in layers.items() if name not in in_blocks}
         if rest:
             stats = collect_linear_inputs(model, batches, layers=list(rest), progress=False)
-            _prune(rest, {name: stats[name].norm for name in rest}, sparsity, nm)
+            prune_layers(rest, {name: stats[name].norm for name in rest}, sparsity, nm)
     finally:
         model.train(was_training)
 
@@ -346,7 +365,8 @@ def apply_wanda_pruning(
         sparsity: fraction of each row's weights to zero (exactly round(sparsity * in_features) per
             row); with a pattern, None or (M - N) / M.
         pattern: None (unstructured) or 'N:M', e.g. '2:4': N kept in every M consecutive input weights.
-        skip: names (full or last part) of layers kept dense; None: the output head (as quantize_model).
+        skip: names (full or last part) of layers kept dense, a single string being one name; None: the
+            output head (as quantize_model).
         sequential: True: prune block by block, each block's statistics taken with the blocks before
             it pruned (the paper's procedure, see the module docstring); False: one calibration pass
             over the dense model for every layer.
@@ -363,18 +383,18 @@ def apply_wanda_pruning(
     """
     sparsity, nm = _check_sparsity(sparsity, pattern)
     layers = _targets(model, skip)
+    _check_divisible(layers, nm)  # fail before the calibration pass
     if is_statistics(calibration):
         missing = sorted(set(layers) - set(calibration))
         if missing:
             raise ValueError(f"the calibration statistics lack {missing[:3]}")
         stats = calibration
     else:
-        _check_divisible(layers, nm)  # fail before the calibration pass
         if sequential:
             _prune_sequentially(model, as_batches(calibration), layers, sparsity, nm, progress)
             return model
         stats = collect_linear_inputs(model, calibration, layers=list(layers), progress=progress)
-    _prune(layers, {name: stats[name].norm for name in layers}, sparsity, nm)
+    prune_layers(layers, {name: stats[name].norm for name in layers}, sparsity, nm)
     return model
 
 
@@ -389,7 +409,9 @@ def apply_magnitude_pruning(
         `model` itself, pruned in place.
     """
     sparsity, nm = _check_sparsity(sparsity, pattern)
-    _prune(_targets(model, skip), None, sparsity, nm)
+    layers = _targets(model, skip)
+    _check_divisible(layers, nm)
+    prune_layers(layers, None, sparsity, nm)
     return model
 
 
@@ -407,7 +429,9 @@ def to_nm_state_dict(model: nn.Module, pattern: str = "2:4") -> dict[str, torch.
     `name.nm_values` (out, in * N / M, original dtype: the kept entries of each block in order),
     `name.nm_index` (uint8, their positions 0..M-1 in the block, packed with `pack_bits` at
     ceil(log2 M) bits) and `name.nm_shape` (int64). Other tensors are kept as they are. For 2:4 and
-    float32: 2 values and 2 two-bit positions per block of 4, 68 bits instead of 128.
+    float32: 2 values and 2 two-bit positions per block of 4, 68 bits instead of 128. Tied aliases
+    (BERT's MLM decoder weight is its word embedding) are stored once, under their first name, so the
+    tensors share no memory.
 
     Args:
         model: e.g. after `apply_wanda_pruning(..., pattern="2:4")`.
@@ -424,7 +448,7 @@ def to_nm_state_dict(model: nn.Module, pattern: str = "2:4") -> dict[str, torch.
     if bits not in (1, 2, 4):
         raise ValueError(f"pattern {pattern!r}: block positions need {bits} bits; 1, 2 or 4 are supported")
     compact = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in _unique_state_dict(model).items():
         tensor = tensor.detach()
         if name.endswith("weight") and tensor.is_floating_point() and is_nm_sparse(tensor, n, m):
             out_features, in_features = tensor.shape
@@ -440,33 +464,36 @@ def to_nm_state_dict(model: nn.Module, pattern: str = "2:4") -> dict[str, torch.
     return compact
 
 
+def _decode_nm(state: Mapping[str, torch.Tensor], base: str) -> torch.Tensor:
+    """The dense weight (out, in) of the N:M entry `base` of a `to_nm_state_dict` dict."""
+    values = state[base + _NM_VALUES]
+    out_features, in_features, n, m = state[base + _NM_SHAPE].tolist()
+    bits = max(1, math.ceil(math.log2(m)))
+    index = unpack_bits(state[base + _NM_INDEX], bits, out_features * in_features // m * n)
+    index = index.view(out_features, in_features // m, n).long()
+    blocks = torch.zeros(out_features, in_features // m, m, dtype=values.dtype, device=values.device)
+    blocks.scatter_(2, index.to(values.device), values.view(out_features, -1, n))
+    return blocks.view(out_features, in_features)
+
+
 def from_nm_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
     """Load a dict from `to_nm_state_dict` into `model` (same architecture), in place.
 
-    Every value comes back identical (a -0.0 pruned weight returns as +0.0).
+    Every value comes back identical (a -0.0 pruned weight returns as +0.0); tied aliases are filled
+    through the tensor they share.
+
+    Args:
+        model: a model of the architecture the dict was made from.
+        state: the dict, e.g. from `safetensors.torch.load_file`.
 
     Returns:
         `model` itself.
 
     Raises:
-        ValueError: an N:M entry without its index or shape.
+        ValueError: an N:M entry without its index or shape, or names that do not match the model's
+            state dict (a missing weight or an unknown name).
     """
-    dense = {}
-    for name, tensor in state.items():
-        if name.endswith(_NM_VALUES):
-            base = name.removesuffix(_NM_VALUES)
-            if base + _NM_INDEX not in state or base + _NM_SHAPE not in state:
-                raise ValueError(f"N:M entry {base!r} needs {base + _NM_INDEX!r} and {base + _NM_SHAPE!r}")
-            out_features, in_features, n, m = state[base + _NM_SHAPE].tolist()
-            bits = max(1, math.ceil(math.log2(m)))
-            index = unpack_bits(state[base + _NM_INDEX], bits, out_features * in_features // m * n)
-            index = index.view(out_features, in_features // m, n).long()
-            blocks = torch.zeros(out_features, in_features // m, m, dtype=tensor.dtype, device=tensor.device)
-            blocks.scatter_(2, index.to(tensor.device), tensor.view(out_features, -1, n))
-            dense[base] = blocks.view(out_features, in_features)
-        elif not name.endswith((_NM_INDEX, _NM_SHAPE)):
-            dense[name] = tensor
-    model.load_state_dict(dense)
+    _load_encoded_state_dict(model, state, "N:M", _NM_VALUES, (_NM_INDEX, _NM_SHAPE), _decode_nm)
     return model
 
 
