@@ -20,7 +20,6 @@ import time
 
 import torch
 
-
 FORMATS = ("fp16", "int8", "1.58bit", "1bit")
 # Formats whose codes carry no scale to dequantize with in QuantizedVector.
 _NO_DEQUANTIZATION = ("1.58bit", "1bit")
@@ -38,10 +37,8 @@ def _check_format(quantization_format: str, formats: tuple[str, ...] = FORMATS) 
 
 
 def _check_threshold(threshold: float | None) -> None:
-    ok = threshold is None or (
-        isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0
-    )
-    if not ok:
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not threshold > 0):
         raise ValueError(f"threshold must be a positive number or None, got {threshold!r}")
 
 
@@ -224,6 +221,10 @@ def _int_mm_faster() -> bool:
 
 
 def _fp32_chunk_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact: every product |a_ik * b_kj| <= 2**14, so every partial sum of a chunk of <= 1024 is an
+    integer of magnitude <= 2**24, which fp32 holds exactly whatever the BLAS's order, blocking or FMA
+    (and TF32/bf16 input rounding keeps the 8-bit codes exact). The int32 sum of chunks is exact
+    while K * 2**14 < 2**31."""
     a32, b32, step = a.float(), b.float(), _EXACT_FP32_CHUNK
     out = torch.mm(a32[:, :step], b32[:step]).to(torch.int32)
     for k0 in range(step, a.shape[1], step):
@@ -234,17 +235,9 @@ def _fp32_chunk_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact int8 x int8 matrix product with int32 accumulation, on the path `int8_matmul_path` names.
 
-    'int_mm': `torch._int_mm` (on CUDA if M > 16 and K, N are multiples of 8), b column-major as cuBLASLt
-    and oneDNN's VNNI kernels want; exact int32 sums. 'fp32': float32 GEMMs over K-chunks of <= 1024.
-
-    Why the fp32 chunks are exact: every product |a_ik * b_kj| <= 128 * 128 = 2**14,
-    and whatever order, blocking or FMA the BLAS uses, every intermediate of a
-    chunk's dot product is a sum of a subset of its <= 1024 products, so an
-    integer of magnitude <= 1024 * 2**14 = 2**24. fp32 represents every integer
-    up to 2**24 exactly, so no operation ever rounds. (The codes need only 8
-    significant bits, so even reduced-precision fp32 matmul modes that round
-    the inputs to TF32 or bf16 leave them exact.) The int32 sum of the chunks
-    is exact while K * 2**14 < 2**31.
+    'int_mm': `torch._int_mm` (on CUDA if M > 16 and K, N are multiples of 8), b column-major as
+    cuBLASLt and oneDNN's VNNI kernels want. 'fp32': float32 GEMMs over K-chunks of <= 1024, exact
+    (proof in `_fp32_chunk_matmul`).
 
     Args:
         a: int8 tensor (M, K), any strides.
@@ -263,8 +256,7 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"a and b must be int8, got {a.dtype} and {b.dtype}")
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"expected (M, K) @ (K, N) matrices, got {tuple(a.shape)} @ {tuple(b.shape)}")
-    m, k = a.shape
-    n = b.shape[1]
+    (m, k), n = a.shape, b.shape[1]
     if k > _MAX_INT8_K:
         raise ValueError(f"K={k} could overflow the int32 accumulator (at most {_MAX_INT8_K})")
     if int8_matmul_path(a.device) == "int_mm" and (not a.is_cuda or (m > 16 and k % 8 == 0 and n % 8 == 0)):
@@ -347,22 +339,17 @@ def mixed_precision_forward(
 ) -> torch.Tensor:
     """LLM.int8() matrix product `input @ weight` (Dettmers et al., 2022).
 
-    Input features (columns of the flattened input) where any |x| >= threshold
-    are outliers: those columns of the input and the matching rows of the
-    weight are multiplied in fp16. Everything else is absmax-quantized to int8
-    (row-wise for the input, column-wise for the weight, outliers set to 0
-    first), multiplied exactly with int32 accumulation (`int8_matmul`) and
-    dequantized with `outer(cx, cw) / 127**2`, where cx are the row absmaxes of
-    the non-outlier input and cw the column absmaxes of the non-outlier weight rows.
+    Input features (columns of the flattened input) where any |x| >= threshold are outliers:
+    those columns of the input and the matching rows of the weight are multiplied in fp16.
+    Everything else is absmax-quantized to int8 (row-wise for the input, column-wise for the
+    weight, outliers set to 0 first), multiplied exactly with int32 accumulation (`int8_matmul`)
+    and dequantized with `outer(cx, cw) / 127**2`, cx the row absmaxes of the non-outlier input,
+    cw the column absmaxes of the non-outlier weight rows. fp16 means operands rounded to float16
+    and products accumulated in float32, as fp16 tensor-core GEMMs do (beyond 65504: overflow).
 
-    fp16 here means: operands rounded to float16, as fp16 storage would hold
-    them, and products accumulated in float32 (what fp16 tensor-core GEMMs do;
-    CPUs have no fast fp16 GEMM). Values beyond float16's range (65504) overflow.
-
-    A pre-quantized weight (as `QuantizedLinear` stores it) is given as int8
-    codes with `weight_scale`, the column absmaxes over all rows: its columns are
-    used as they are, and the outlier rows for the fp16 part are dequantized from
-    the codes, as bitsandbytes does.
+    A pre-quantized weight (as `QuantizedLinear` stores it) is given as int8 codes with
+    `weight_scale`, the column absmaxes over all rows: its columns are used as they are, and the
+    outlier rows for the fp16 part are dequantized from the codes, as bitsandbytes does.
 
     Args:
         input: floating tensor (..., in_features), fp16, bf16 or fp32; finite

@@ -142,7 +142,7 @@ def benchmark_shape(weight: torch.Tensor, rows_list: Sequence[int], fractions: S
 
 def add_targets(targets: Table, medians: dict[str, float], *, shape: str, rows: int, outliers: int,
                 fraction: float, fast_int8: bool) -> None:
-    """The issue's kernel targets for one configuration, on the int8 path in use.
+    """The lab's kernel targets for one configuration, on the int8 path in use.
 
     With a fast int8 GEMM (`fast_int8`): QuantizedLinear pure <= 0.5x fp32 (no outliers), LLM.int8
     <= 0.7x (up to 1% outlier columns), mixed_precision_forward with its float weight <= 0.9x. On
@@ -227,18 +227,18 @@ def benchmark_int_mm(sizes: Sequence[int], *, runs: int, warmup: int, device: to
 def run(device: torch.device, *, shapes: Sequence[tuple[int, int]] = SHAPES, rows_list: Sequence[int] = ROWS,
         fractions: Sequence[float] = OUTLIER_FRACTIONS, runs: int = 10, warmup: int = 2,
         naive_rows: int = 128, int_mm_sizes: Sequence[int] = (2048, 4096, 8192)) -> list[Table]:
-    """All kernel tables for the given problem sizes (the CLI passes the issue's sizes)."""
+    """All kernel tables for the given problem sizes (the CLI passes the targets' sizes)."""
     import bitsandbytes as bnb
 
     generator = torch.Generator().manual_seed(0)
     kernel = Table("kernel", "mixed_precision_forward vs fp32 matmul and int8 libraries", KERNEL_COLUMNS)
     path = int8_matmul_path(device)
-    targets = Table("kernel_targets", f"Kernel targets (issue 10), int8_matmul path {path}", TARGET_COLUMNS)
+    targets = Table("kernel_targets", f"Kernel targets, int8_matmul path {path}", TARGET_COLUMNS)
     targets.notes.append(
         "limits for the path in use: with 'int_mm' (a fast int8 GEMM) QuantizedLinear pure <= 0.5x fp32, "
         "LLM.int8 (t=6) with outliers <= 0.7x, mixed_precision_forward (float weight, quantized per call) "
-        "<= 0.9x; with 'fp32' (no int8 dot-product instructions) issue 6's 1.5x / 2x (with outliers). "
-        "Both: QuantizedLinear never slower than bnb. The issue sets them at 2048 x 768 @ 768 x 3072; "
+        "<= 0.9x; with 'fp32' (no int8 dot-product instructions) 1.5x / 2x (with outliers). "
+        "Both: QuantizedLinear never slower than bnb. They are set at 2048 x 768 @ 768 x 3072; "
         "they are checked at every size.")
     naive = Table("kernel_naive", "Naive Python-loop reference vs the vectorised kernel (CPU)", NAIVE_COLUMNS)
     kernel.notes += [
@@ -267,7 +267,7 @@ def run(device: torch.device, *, shapes: Sequence[tuple[int, int]] = SHAPES, row
         benchmark_naive(weight, rows_list, 0.01, naive_rows, runs=runs, warmup=warmup,
                         generator=generator, table=naive)
     if device.type == "cuda":
-        targets.notes.append("the issue sets these targets for the CPU; on CUDA they are shown for information.")
+        targets.notes.append("these targets are set for the CPU; on CUDA they are shown for information.")
     elif path == "fp32" and int8_instructions() != "none":
         targets.notes.append("int8_matmul forced onto the fp32 path on a CPU with int8 dot-product instructions: "
                              "the lab's ratios stand for a CPU without them, but bnb still runs its own int8 "

@@ -286,7 +286,7 @@ def run(device: torch.device, *, config=None, batch: int = 8, seq: int = 128, ru
         "(compute dtype float32 for 4-bit); bnb skips no encoder layer.",
         "the sparse state dict row sizes pruning.to_sparse_state_dict (values + bitmask), not a model in memory.",
     ]
-    targets = Table("models_targets", "Model-level targets (issues 6 and 10)", TARGET_COLUMNS)
+    targets = Table("models_targets", "Model-level targets", TARGET_COLUMNS)
     int8 = speedups["lab quantize_model int8"]
     checks = [
         ("quantize_model int8 latency / fp32", 1 / int8, 1.2, True),
@@ -297,7 +297,7 @@ def run(device: torch.device, *, config=None, batch: int = 8, seq: int = 128, ru
     for name, measured, limit, at_most in checks:
         targets.add(target=name, measured=measured, limit=limit, verdict=verdict(measured, limit, at_most=at_most))
     if device.type == "cuda":
-        targets.notes.append("the issue sets the latency targets for the CPU; on CUDA they are shown for information.")
+        targets.notes.append("the latency targets are set for the CPU; on CUDA they are shown for information.")
     failed_sizes = [row["variant"] for row in table.rows if row["size_check"] != "PASS"]
     targets.add(target="size ratios equal the storage rules (within 1%)", measured=float(len(failed_sizes)),
                 limit=0.0, verdict="PASS" if not failed_sizes else "MISS")
