@@ -305,13 +305,15 @@ def test_quantized_linear_equals_x_times_its_dequantized_weight(data, fmt, in_fe
     expected = x.double() @ weight.T + b
     # F.linear in the compute dtype (the input's; fp16 weights: fp16 or wider): a dot product of K terms
     # is off by at most (K + 1) eps times the sum of |terms|; the packed formats round their scale to the
-    # compute dtype (eps, or its subnormal spacing); the bias and the cast to the input's dtype, eps each.
+    # compute dtype (eps, or its subnormal spacing); the bias and the cast to the input's dtype, eps each
+    # (or, below the input dtype's normal range, its subnormal spacing: the cast rounds to that grid).
     compute = torch.promote_types(dtype, torch.float16) if fmt == "fp16" else dtype
     eps, spacing = torch.finfo(compute).eps, torch.finfo(compute).smallest_normal * torch.finfo(compute).eps
+    out_spacing = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps
     magnitude = x.double().abs() @ weight.abs().T + b.abs()
     codes = x.double().abs().sum(-1, keepdim=True)  # |x| @ |codes|.T <= sum |x|
     tolerance = ((in_features + 4) * eps * magnitude + codes * spacing + (in_features + 4) * spacing
-                 + 2 * torch.finfo(dtype).eps * expected.abs())
+                 + 2 * (torch.finfo(dtype).eps * expected.abs() + out_spacing))
     assert ((out.double() - expected).abs() <= tolerance).all()
 
 
