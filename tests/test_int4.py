@@ -231,3 +231,27 @@ def test_gemma_norm_takes_no_folded_scale():
         assert torch.equal(awq(x).logits, rtn(x).logits)
     assert torch.equal(awq.model.norm.weight, model.model.norm.weight)
     assert torch.equal(awq.model.layers[0].input_layernorm.weight, model.model.layers[0].input_layernorm.weight)
+
+
+def test_search_clip_picks_the_ratio_of_least_output_error_per_group():
+    from toolkit.awq import CLIP_GRID, search_clip
+    from toolkit.int4 import int4_dequantize, int4_quantize
+
+    torch.manual_seed(0)
+    x, weight = torch.randn(64, 32), torch.randn(3, 32)
+    weight[0, 3] = 8.0  # an outlier widens its group's range
+    ratios = search_clip(x, weight, group_size=16)
+    grid = torch.tensor(CLIP_GRID)
+    assert ratios.shape == (3, 2) and all((grid == r).any() for r in ratios.flatten())  # float32 grid values
+    # Independent reference: the output error of each group at every ratio, by direct products.
+    for row in range(3):
+        for group in range(2):
+            cols = slice(16 * group, 16 * group + 16)
+            errors = []
+            for ratio in CLIP_GRID:
+                approx = int4_dequantize(*int4_quantize(weight, 16, torch.full((3, 2), ratio)))
+                errors.append(float((x[:, cols] @ (approx[row, cols] - weight[row, cols])).double().pow(2).sum()))
+            chosen = int((grid == ratios[row, group]).nonzero())
+            # The search sums the same products through a Gram matrix in float32: equal up to its rounding
+            # (relative 2**-16 is far above float32's eps times the 64-term sums, far below the gaps here).
+            assert errors[chosen] <= min(errors) * (1 + 2**-16)
