@@ -39,19 +39,19 @@ def _check_real(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
 
 
-def _check_positive(name: str, value: Any) -> None:
+def check_positive(name: str, value: Any) -> None:
     _check_real(name, value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
 
 
-def _check_non_negative(name: str, value: Any) -> None:
+def check_non_negative(name: str, value: Any) -> None:
     _check_real(name, value)
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
-def _check_alpha(alpha: Any) -> None:
+def check_alpha(alpha: Any) -> None:
     _check_real("alpha", alpha)
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -113,7 +113,7 @@ def compute_distillation_loss(
             f"student_logits and teacher_logits must have the same shape, "
             f"got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
-    _check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     num_classes = student_logits.shape[-1]
     student_rows = student_logits.reshape(-1, num_classes)
     teacher_rows = teacher_logits.reshape(-1, num_classes)
@@ -173,7 +173,7 @@ def distillation_objective(
         ValueError: alpha outside [0, 1], labels whose shape does not match the logits,
             no labelled position.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
     labels = _target_labels(labels, shift_labels).long()  # int32 / uint8 labels too
@@ -197,7 +197,7 @@ def distillation_objective(
     return loss, {"kd": kd.detach(), "ce": ce.detach()}
 
 
-def _logits(outputs: Any) -> torch.Tensor:
+def model_logits(outputs: Any) -> torch.Tensor:
     """Logits of a plain module (a tensor) or of a Hugging Face output (`.logits`)."""
     if isinstance(outputs, torch.Tensor):
         return outputs
@@ -212,7 +212,7 @@ def _target_labels(labels: torch.Tensor, shift_labels: bool) -> torch.Tensor:
     return labels[..., 1:] if shift_labels else labels
 
 
-class _Batch(NamedTuple):
+class Batch(NamedTuple):
     """One batch ready for `model(*args, **kwargs)`, with its labels split off."""
 
     args: tuple
@@ -221,24 +221,24 @@ class _Batch(NamedTuple):
     inputs: Any  # what extra_loss sees: the input tensor, or the dict batch without labels
 
 
-def _prepare_batch(batch: Any, device: torch.device, model_kwargs: Mapping[str, Any]) -> _Batch:
+def prepare_batch(batch: Any, device: torch.device, model_kwargs: Mapping[str, Any]) -> Batch:
     """Unpack a `(inputs, labels)` tuple or a dict batch and move it to `device`."""
     if isinstance(batch, Mapping):  # dicts and transformers' BatchEncoding
         if "labels" not in batch:
             raise ValueError(f"a dict batch needs a 'labels' entry, got keys {sorted(batch)}")
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         labels = moved.pop("labels")
-        return _Batch((), {**moved, **model_kwargs}, labels, moved)
+        return Batch((), {**moved, **model_kwargs}, labels, moved)
     if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(x, torch.Tensor) for x in batch):
         inputs, labels = (x.to(device) for x in batch)
-        return _Batch((inputs,), dict(model_kwargs), labels, inputs)
+        return Batch((inputs,), dict(model_kwargs), labels, inputs)
     raise TypeError(
         "each batch must be an (inputs, labels) pair of tensors or a dict with 'labels', "
         f"got {type(batch).__name__}"
     )
 
 
-def _is_causal_lm(model: nn.Module) -> bool:
+def is_causal_lm(model: nn.Module) -> bool:
     """Whether `model` is a Hugging Face causal LM (its labels are shifted by one)."""
     return type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
@@ -308,13 +308,13 @@ def distill_model(
             raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
     if teacher_model is student_model:
         raise ValueError("teacher_model and student_model are the same object: the teacher would be trained")
-    _check_positive("temperature", temperature)
-    _check_alpha(alpha)
+    check_positive("temperature", temperature)
+    check_alpha(alpha)
     if isinstance(num_epochs, bool) or not isinstance(num_epochs, int):
         raise TypeError(f"num_epochs must be an int, got {type(num_epochs).__name__}")
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
-    _check_positive("learning_rate", learning_rate)
+    check_positive("learning_rate", learning_rate)
 
     device = torch.device(device) if device is not None else next(student_model.parameters()).device
     student_model.to(device)
@@ -323,7 +323,7 @@ def distill_model(
     if isinstance(extra_loss, nn.Module):
         parameters += list(extra_loss.to(device).parameters())
     optimizer = torch.optim.Adam(parameters, lr=learning_rate)
-    shift_labels = _is_causal_lm(student_model)
+    shift_labels = is_causal_lm(student_model)
     was_training = student_model.training
     student_model.train()
     epoch_losses = []
@@ -332,19 +332,19 @@ def distill_model(
             sums, count = {}, 0
             bar = tqdm(train_data, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress)
             for batch_index, raw_batch in enumerate(bar):
-                batch = _prepare_batch(raw_batch, device, model_kwargs or {})
+                batch = prepare_batch(raw_batch, device, model_kwargs or {})
                 if not (_target_labels(batch.labels, shift_labels) != IGNORE_INDEX).any():
                     continue
                 # BEGIN SOLUTION (Exercise 3)
                 # TODO: run the teacher under torch.no_grad(): teacher_model(*batch.args, **batch.kwargs).
                 # TODO: run the student the same way, with gradients.
-                # TODO: loss, terms = distillation_objective(_logits(student_outputs), _logits(teacher_outputs),
+                # TODO: loss, terms = distillation_objective(model_logits(student_outputs), model_logits(teacher_outputs),
                 #           batch.labels, temperature, alpha, shift_labels=shift_labels)
                 with torch.no_grad():
                     teacher_outputs = teacher_model(*batch.args, **batch.kwargs)
                 student_outputs = student_model(*batch.args, **batch.kwargs)
                 loss, terms = distillation_objective(
-                    _logits(student_outputs), _logits(teacher_outputs), batch.labels, temperature, alpha,
+                    model_logits(student_outputs), model_logits(teacher_outputs), batch.labels, temperature, alpha,
                     shift_labels=shift_labels,
                 )
                 # END SOLUTION

@@ -19,7 +19,7 @@ from torch.nn.utils import prune
 # Argument checks shared by every function
 # ---------------------------------------------------------------------------------------------------------
 
-def _check_fraction(pruning_percentage: float) -> None:
+def check_fraction(pruning_percentage: float) -> None:
     """Raise unless `pruning_percentage` is a real number (not a bool) in [0, 1]."""
     if isinstance(pruning_percentage, bool) or not isinstance(pruning_percentage, numbers.Real):
         raise TypeError(
@@ -32,14 +32,14 @@ def _check_fraction(pruning_percentage: float) -> None:
         )
 
 
-def _check_model(model: nn.Module) -> None:
+def check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
 def _layers_of_type(model: nn.Module, layer_type: type) -> list[nn.Module]:
     """The modules of `model` that are instances of `layer_type`, each with a tensor `weight`."""
-    _check_model(model)
+    check_model(model)
     if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
         raise TypeError(f"layer_type must be an nn.Module subclass such as nn.Linear, got {layer_type!r}")
     layers = [module for module in model.modules() if isinstance(module, layer_type)]
@@ -80,7 +80,7 @@ def apply_weight_pruning(model: nn.Module, layer_type: type, pruning_percentage:
         ValueError: `pruning_percentage` is outside [0, 1], no module of `model` is a `layer_type`, or a
             matching module has no weight.
     """
-    _check_fraction(pruning_percentage)
+    check_fraction(pruning_percentage)
     layers = _layers_of_type(model, layer_type)
     # BEGIN SOLUTION (Exercise 2)
     # TODO: for each layer, the number of weights to prune is round(pruning_percentage * weight.numel()).
@@ -124,7 +124,7 @@ def apply_structured_pruning(
         TypeError, ValueError: as `apply_weight_pruning`; ValueError also for a `norm` that is not a positive
             number, or a `dim` that is not a dimension of every matching weight.
     """
-    _check_fraction(pruning_percentage)
+    check_fraction(pruning_percentage)
     layers = _layers_of_type(model, layer_type)
     if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not norm > 0:
         raise ValueError(f"norm must be a positive number (or float('inf')), got {norm!r}")

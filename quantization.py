@@ -30,13 +30,13 @@ _EXACT_FP32_CHUNK = 1024
 _MAX_INT8_K = (2**31 - 1) // (128 * 128)
 
 
-def _check_format(quantization_format: str, formats: tuple[str, ...] = FORMATS) -> None:
+def check_format(quantization_format: str, formats: tuple[str, ...] = FORMATS) -> None:
     if quantization_format not in formats:
         supported = ", ".join(repr(f) for f in formats)
         raise ValueError(f"Unsupported quantization format: {quantization_format}; supported formats: {supported}")
 
 
-def _check_threshold(threshold: float | None) -> None:
+def check_threshold(threshold: float | None) -> None:
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not threshold > 0):
         raise ValueError(f"threshold must be a positive number or None, got {threshold!r}")
@@ -86,7 +86,7 @@ class QuantizedVector:
     def __init__(self, vector: torch.Tensor, quantization_format: str = "int8") -> None:
         if not isinstance(vector, torch.Tensor):
             raise TypeError(f"vector must be a torch.Tensor, got {type(vector).__name__}")
-        _check_format(quantization_format)
+        check_format(quantization_format)
         if vector.numel() == 0:
             raise ValueError(f"vector must not be empty, got shape {tuple(vector.shape)}")
         if not vector.is_floating_point():
@@ -367,7 +367,7 @@ def mixed_precision_forward(
         ValueError: bad dtypes or shapes, tensors on different devices, or a
             threshold that is not a positive number or None.
     """
-    _check_threshold(threshold)
+    check_threshold(threshold)
     _check_kernel_args(input, weight, weight_scale)
     x = input.reshape(-1, input.shape[-1]).float()  # (M, K)
     if x.shape[0] == 0:  # no rows: nothing to quantize (max over an empty dim is undefined)

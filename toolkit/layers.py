@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from quantization import FORMATS, _check_format, _check_threshold, absmax_quantize, mixed_precision_forward
+from quantization import FORMATS, check_format, check_threshold, absmax_quantize, mixed_precision_forward
 from toolkit.awq import activation_aware_search
 from toolkit.int4 import check_group_size, int4_dequantize, int4_quantize
 from toolkit.packing import pack_bits, unpack_bits
@@ -126,8 +126,8 @@ class QuantizedLinear(nn.Module):
         group_size: int = 64,
     ) -> None:
         super().__init__()
-        _check_format(quantization_format, LAYER_FORMATS)
-        _check_threshold(threshold)
+        check_format(quantization_format, LAYER_FORMATS)
+        check_threshold(threshold)
         if quantization_format == "int4":
             check_group_size(in_features, group_size)
         self.group_size = group_size
@@ -423,8 +423,8 @@ def quantize_model(
             (use `QuantizedLinear.from_linear`), no `nn.Linear` left to replace, `calibration`
             with a format other than 'int4', or a group_size that does not divide a layer's width.
     """
-    _check_format(quantization_format, LAYER_FORMATS)
-    _check_threshold(threshold)
+    check_format(quantization_format, LAYER_FORMATS)
+    check_threshold(threshold)
     if isinstance(model, nn.Linear):
         raise ValueError("quantize_model replaces the layers inside a model; "
                          "quantize a lone nn.Linear with QuantizedLinear.from_linear")

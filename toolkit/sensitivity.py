@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from quantization import _check_format
+from quantization import check_format
 from toolkit.calibration import LinearInputStats, collect_linear_inputs, is_statistics
 from toolkit.evaluation import perplexity
 from toolkit.layers import LAYER_FORMATS, QuantizedLinear, linear_targets
@@ -89,7 +89,7 @@ def _check_levels(prune: Sequence[float], quantize: Sequence[str]) -> None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
             raise ValueError(f"prune fractions must be numbers in [0, 1], got {fraction!r}")
     for fmt in quantize:
-        _check_format(fmt, LAYER_FORMATS)
+        check_format(fmt, LAYER_FORMATS)
 
 
 @torch.no_grad()

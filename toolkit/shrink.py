@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils import skip_init
 
-from pruning import _check_fraction, _check_model
+from pruning import check_fraction, check_model
 from toolkit.sparse import _load_unique_state_dict
 
 # Feed-forward blocks prune_ffn_neurons recognises: (input projections, output projection, config field of
@@ -112,8 +112,8 @@ def prune_ffn_neurons(model: nn.Module, pruning_percentage: float) -> nn.Module:
         ValueError: `pruning_percentage` is outside [0, 1] or would remove every neuron, `model` has no
             recognised FFN block, or its blocks differ in width.
     """
-    _check_fraction(pruning_percentage)
-    _check_model(model)
+    check_fraction(pruning_percentage)
+    check_model(model)
     ffns = _find_ffns(model)
     if not ffns:
         raise ValueError(
@@ -210,7 +210,7 @@ def remove_attention_heads(model: nn.Module, heads: Mapping[str, Iterable[int]])
         ValueError: a name matches no attention block, an index is not a head of its block, or a block
             would be left without heads.
     """
-    _check_model(model)
+    check_model(model)
     if not isinstance(heads, Mapping):
         raise TypeError(f"heads must be a mapping {{block name: head indices}}, as config.pruned_heads is, "
                         f"got {type(heads).__name__}")
@@ -267,8 +267,8 @@ def prune_attention_heads(model: nn.Module, pruning_percentage: float) -> nn.Mod
         ValueError: `pruning_percentage` is outside [0, 1] or would remove every head of a block, or
             `model` has no BERT-style attention block.
     """
-    _check_fraction(pruning_percentage)
-    _check_model(model)
+    check_fraction(pruning_percentage)
+    check_model(model)
     blocks = _find_attention_blocks(model)
     if not blocks:
         raise ValueError(

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import transformers
 
-from distillation import (_check_alpha, _check_non_negative, _check_positive, _is_causal_lm, _logits, _prepare_batch,
+from distillation import (check_alpha, check_non_negative, check_positive, is_causal_lm, model_logits, prepare_batch,
                           distill_model, distillation_objective)
 
 HIDDEN_KINDS = ("mse", "cosine")
@@ -342,8 +342,8 @@ class IntermediateLoss(nn.Module):
 def _check_intermediate_args(
     teacher_model: Any, student_model: Any, hidden_weight: Any, attention_weight: Any, hidden_kind: Any
 ) -> None:
-    _check_non_negative("hidden_weight", hidden_weight)
-    _check_non_negative("attention_weight", attention_weight)
+    check_non_negative("hidden_weight", hidden_weight)
+    check_non_negative("attention_weight", attention_weight)
     if hidden_kind not in HIDDEN_KINDS:
         raise ValueError(f"hidden_kind must be one of {HIDDEN_KINDS}, got {hidden_kind!r}")
     if hidden_weight or attention_weight:
@@ -526,8 +526,8 @@ class DistillationTrainer(transformers.Trainer):
         if teacher_model is self.model:
             raise ValueError("teacher_model and the student model are the same object: the teacher would be trained")
         _check_intermediate_args(teacher_model, self.model, hidden_weight, attention_weight, hidden_kind)
-        _check_positive("temperature", temperature)
-        _check_alpha(alpha)
+        check_positive("temperature", temperature)
+        check_alpha(alpha)
         device = next(self.model.parameters()).device
         self.teacher_model = teacher_model.to(device).eval()
         self.temperature, self.alpha = temperature, alpha
@@ -541,7 +541,7 @@ class DistillationTrainer(transformers.Trainer):
             _use_eager_attention(self.teacher_model)
             _use_eager_attention(self.model)
         self._model_kwargs = self.intermediate.model_kwargs if self.intermediate is not None else {}
-        self._shift_labels = _is_causal_lm(self.model)
+        self._shift_labels = is_causal_lm(self.model)
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
 
@@ -568,12 +568,12 @@ class DistillationTrainer(transformers.Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The distillation loss of the batch (`num_items_in_batch` is not used: the loss is a batch mean)."""
-        batch = _prepare_batch(inputs, next(model.parameters()).device, self._model_kwargs)
+        batch = prepare_batch(inputs, next(model.parameters()).device, self._model_kwargs)
         with torch.no_grad():
             teacher_outputs = self.teacher_model(*batch.args, **batch.kwargs)
         outputs = model(*batch.args, **batch.kwargs)
         loss, terms = distillation_objective(
-            _logits(outputs), _logits(teacher_outputs), batch.labels, self.temperature, self.alpha,
+            model_logits(outputs), model_logits(teacher_outputs), batch.labels, self.temperature, self.alpha,
             shift_labels=self._shift_labels,
         )
         if self.intermediate is not None:
