@@ -243,6 +243,63 @@ def is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
 
+def teacher_and_student_outputs(teacher_model: nn.Module, student_model: nn.Module, batch: Batch) -> tuple[Any, Any]:
+    """Run both models on one prepared batch: the teacher frozen, the student with gradients.
+
+    Returns:
+        `(student_outputs, teacher_outputs)`, whatever the models return (a logits tensor or a
+        Hugging Face output); only the student's carry a graph.
+    """
+    # BEGIN SOLUTION (Exercise 3)
+    # TODO: run the teacher under torch.no_grad(): teacher_model(*batch.args, **batch.kwargs).
+    # TODO: run the student the same way, with gradients; return (student_outputs, teacher_outputs).
+    with torch.no_grad():
+        teacher_outputs = teacher_model(*batch.args, **batch.kwargs)
+    return student_model(*batch.args, **batch.kwargs), teacher_outputs
+    # END SOLUTION
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One training step on `loss`: gradients from this loss alone, then one optimizer update."""
+    # BEGIN SOLUTION (Exercise 3)
+    # TODO: zero the gradients, backpropagate the loss, step the optimizer.
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    # END SOLUTION
+
+
+def batch_loss(
+    teacher_model: nn.Module,
+    student_model: nn.Module,
+    batch: Batch,
+    temperature: float,
+    alpha: float,
+    *,
+    shift_labels: bool = False,
+    extra_loss: Callable[[Any, Any, Any], Mapping[str, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+    """The distillation loss of one prepared batch, as `distill_model` trains on it.
+
+    Runs `teacher_and_student_outputs`, then `distillation_objective` on their logits, then adds
+    the terms of `extra_loss(student_outputs, teacher_outputs, batch.inputs)` if given.
+
+    Returns:
+        `(loss, terms, student_outputs)`: the 0-d loss, the detached 0-d terms ('kd', 'ce' and
+        `extra_loss`'s), and the student's outputs.
+    """
+    student_outputs, teacher_outputs = teacher_and_student_outputs(teacher_model, student_model, batch)
+    loss, terms = distillation_objective(
+        model_logits(student_outputs), model_logits(teacher_outputs), batch.labels, temperature, alpha,
+        shift_labels=shift_labels,
+    )
+    if extra_loss is not None:
+        extra = extra_loss(student_outputs, teacher_outputs, batch.inputs)
+        loss = loss + sum(extra.values())
+        terms.update({name: value.detach() for name, value in extra.items()})
+    return loss, terms, student_outputs
+
+
 def _check_finite(loss: torch.Tensor, epoch: int, num_epochs: int, batch_index: int) -> None:
     """Stop before a non-finite loss reaches the weights."""
     if not torch.isfinite(loss):
@@ -335,30 +392,10 @@ def distill_model(
                 batch = prepare_batch(raw_batch, device, model_kwargs or {})
                 if not (_target_labels(batch.labels, shift_labels) != IGNORE_INDEX).any():
                     continue
-                # BEGIN SOLUTION (Exercise 3)
-                # TODO: run the teacher under torch.no_grad(): teacher_model(*batch.args, **batch.kwargs).
-                # TODO: run the student the same way, with gradients.
-                # TODO: loss, terms = distillation_objective(model_logits(student_outputs), model_logits(teacher_outputs),
-                #           batch.labels, temperature, alpha, shift_labels=shift_labels)
-                with torch.no_grad():
-                    teacher_outputs = teacher_model(*batch.args, **batch.kwargs)
-                student_outputs = student_model(*batch.args, **batch.kwargs)
-                loss, terms = distillation_objective(
-                    model_logits(student_outputs), model_logits(teacher_outputs), batch.labels, temperature, alpha,
-                    shift_labels=shift_labels,
-                )
-                # END SOLUTION
-                if extra_loss is not None:
-                    extra = extra_loss(student_outputs, teacher_outputs, batch.inputs)
-                    loss = loss + sum(extra.values())
-                    terms.update({name: value.detach() for name, value in extra.items()})
+                loss, terms, _ = batch_loss(teacher_model, student_model, batch, temperature, alpha,
+                                            shift_labels=shift_labels, extra_loss=extra_loss)
                 _check_finite(loss, epoch, num_epochs, batch_index)
-                # BEGIN SOLUTION (Exercise 3)
-                # TODO: one Adam step: zero the gradients, backpropagate the loss, step.
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                # END SOLUTION
+                optimizer_step(optimizer, loss)
                 count += 1
                 for name, value in {"loss": loss, **terms}.items():
                     sums[name] = sums.get(name, 0.0) + value.item()

@@ -26,8 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import transformers
 
-from distillation import (check_alpha, check_non_negative, check_positive, is_causal_lm, model_logits, prepare_batch,
-                          distill_model, distillation_objective)
+from distillation import (batch_loss, check_alpha, check_non_negative, check_positive, distill_model,
+                          is_causal_lm, prepare_batch)
 
 HIDDEN_KINDS = ("mse", "cosine")
 
@@ -569,17 +569,8 @@ class DistillationTrainer(transformers.Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """The distillation loss of the batch (`num_items_in_batch` is not used: the loss is a batch mean)."""
         batch = prepare_batch(inputs, next(model.parameters()).device, self._model_kwargs)
-        with torch.no_grad():
-            teacher_outputs = self.teacher_model(*batch.args, **batch.kwargs)
-        outputs = model(*batch.args, **batch.kwargs)
-        loss, terms = distillation_objective(
-            model_logits(outputs), model_logits(teacher_outputs), batch.labels, self.temperature, self.alpha,
-            shift_labels=self._shift_labels,
-        )
-        if self.intermediate is not None:
-            extra = self.intermediate(outputs, teacher_outputs, batch.inputs)
-            loss = loss + sum(extra.values())
-            terms.update({name: value.detach() for name, value in extra.items()})
+        loss, terms, outputs = batch_loss(self.teacher_model, model, batch, self.temperature, self.alpha,
+                                          shift_labels=self._shift_labels, extra_loss=self.intermediate)
         if model.training:
             for name, value in terms.items():
                 self._term_sums[name] = self._term_sums.get(name, 0.0) + value
