@@ -15,9 +15,54 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-# ---------------------------------------------------------------------------------------------------------
-# Argument checks shared by every function
-# ---------------------------------------------------------------------------------------------------------
+# Exercise 2: magnitude pruning
+
+def apply_weight_pruning(model: nn.Module, layer_type: type, pruning_percentage: float) -> nn.Module:
+    """Unstructured magnitude pruning: zero the smallest-|w| weights of every `layer_type` layer, in place.
+
+    Each layer is pruned on its own (not with one global threshold): a layer of n weights loses exactly
+    `round(pruning_percentage * n)` of them (Python's round, half to even: 2.5 -> 2), the ones of smallest
+    absolute value, as `torch.nn.utils.prune.l1_unstructured(layer, "weight", amount=pruning_percentage)`
+    followed by `prune.remove(layer, "weight")` does (among equal magnitudes, which ones go is not
+    specified). Biases are kept. Each layer keeps its weight Parameter object (the provided code puts
+    it back if the exercise replaced it), so ties and optimizers holding it keep working.
+
+    A weight tied to another tensor is pruned for both: the decoder of `BertForMaskedLM` shares its
+    weight with the word embeddings, so pass `model.base_model.encoder` to prune the encoder alone.
+
+    Args:
+        model: any module; it is modified in place.
+        layer_type: the class of the layers to prune, e.g. `nn.Linear`.
+        pruning_percentage: fraction of each layer's weights to zero, in [0, 1] (0.4 means 40%).
+
+    Returns:
+        `model` itself, its matching weights now containing zeros (same shapes and dtypes).
+
+    Raises:
+        TypeError: `pruning_percentage` is not a real number (a bool included), `layer_type` is not an
+            nn.Module subclass, or `model` is not an nn.Module.
+        ValueError: `pruning_percentage` is outside [0, 1], no module of `model` is a `layer_type`, or a
+            matching module has no weight.
+    """
+    check_fraction(pruning_percentage)
+    layers = _layers_of_type(model, layer_type)
+    originals = [layer.weight for layer in layers]
+    # BEGIN SOLUTION (Exercise 2)
+    # TODO: for each layer in layers, with n = layer.weight.numel() weights, zero (in place, under
+    #       torch.no_grad()) exactly round(pruning_percentage * n) of them: those of smallest |w|.
+    #       torch.topk(..., largest=False) on the flattened |weight| finds them.
+    with torch.no_grad():
+        for layer in layers:
+            weight = layer.weight
+            n_pruned = round(pruning_percentage * weight.numel())
+            smallest = torch.topk(weight.abs().flatten(), n_pruned, largest=False).indices
+            weight.view(-1)[smallest] = 0
+    # END SOLUTION
+    _keep_parameters(layers, originals)
+    return model
+
+
+# ==================== Provided code: argument checks, structured pruning, sparsity ====================
 
 def check_fraction(pruning_percentage: float) -> None:
     """Raise unless `pruning_percentage` is a real number (not a bool) in [0, 1]."""
@@ -51,51 +96,14 @@ def _layers_of_type(model: nn.Module, layer_type: type) -> list[nn.Module]:
     return layers
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Masks: zero weights in place
-# ---------------------------------------------------------------------------------------------------------
-
-def apply_weight_pruning(model: nn.Module, layer_type: type, pruning_percentage: float) -> nn.Module:
-    """Unstructured magnitude pruning: zero the smallest-|w| weights of every `layer_type` layer, in place.
-
-    Each layer is pruned on its own (not with one global threshold): a layer of n weights loses exactly
-    `round(pruning_percentage * n)` of them (Python's round, half to even: 2.5 -> 2), the ones of smallest
-    absolute value. The result equals `torch.nn.utils.prune.l1_unstructured(layer, "weight",
-    amount=pruning_percentage)` followed by `prune.remove(layer, "weight")`, ties included. Biases are kept.
-
-    A weight tied to another tensor is pruned for both: the decoder of `BertForMaskedLM` shares its
-    weight with the word embeddings, so pass `model.base_model.encoder` to prune the encoder alone.
-
-    Args:
-        model: any module; it is modified in place.
-        layer_type: the class of the layers to prune, e.g. `nn.Linear`.
-        pruning_percentage: fraction of each layer's weights to zero, in [0, 1] (0.4 means 40%).
-
-    Returns:
-        `model` itself, its matching weights now containing zeros (same shapes and dtypes).
-
-    Raises:
-        TypeError: `pruning_percentage` is not a real number (a bool included), `layer_type` is not an
-            nn.Module subclass, or `model` is not an nn.Module.
-        ValueError: `pruning_percentage` is outside [0, 1], no module of `model` is a `layer_type`, or a
-            matching module has no weight.
-    """
-    check_fraction(pruning_percentage)
-    layers = _layers_of_type(model, layer_type)
-    # BEGIN SOLUTION (Exercise 2)
-    # TODO: for each layer, the number of weights to prune is round(pruning_percentage * weight.numel()).
-    # TODO: find that many smallest |w| with torch.topk on the flattened |weight| (largest=False).
-    # TODO: zero them in place under torch.no_grad() (a boolean keep-mask times the weight does it).
+def _keep_parameters(layers: list[nn.Module], originals: list[torch.Tensor]) -> None:
+    """Put each layer's original weight object back, holding the pruned values, where pruning replaced it
+    (`prune.remove` registers a new Parameter, which would untie a shared weight)."""
     with torch.no_grad():
-        for layer in layers:
-            weight = layer.weight
-            n_pruned = round(pruning_percentage * weight.numel())
-            smallest = torch.topk(weight.abs().flatten(), n_pruned, largest=False).indices
-            keep = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
-            keep[smallest] = False
-            weight.mul_(keep.view(weight.shape))
-    # END SOLUTION
-    return model
+        for layer, original in zip(layers, originals):
+            if layer.weight is not original:
+                original.copy_(layer.weight)
+                setattr(layer, "weight", original)
 
 
 def apply_structured_pruning(

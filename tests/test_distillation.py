@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distillation import compute_distillation_loss, distill_model, distillation_objective
+
+EPS32 = 2.0**-24  # unit roundoff of float32
 from distillation_models import TEXTS, make_tokenizer, mlm_batches, reference_loss, states_equal, tiny_bert, tiny_llama
 
 
@@ -58,24 +60,32 @@ def test_kd_loss_matches_hand_computed_value():
 
 @pytest.mark.exercise(3, points=1)
 @pytest.mark.parametrize("shape", [(5, 7), (2, 3, 11)])
-@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
-def test_kd_loss_is_exactly_zero_for_identical_logits(shape, temperature):
+@pytest.mark.parametrize("temperature", [0.5, 4.0])
+def test_kd_loss_is_zero_up_to_rounding_for_identical_logits(shape, temperature):
     torch.manual_seed(0)
     logits = 5 * torch.randn(shape)
-    assert compute_distillation_loss(logits, logits.clone(), temperature).item() == 0.0
+    # Any way of writing the KL rounds: each log-probability is off by at most
+    # 4 eps (max|z| + log C + 2) (z = logits / T: the division, the max shift, the log-sum-exp), each
+    # p by eps, and a row sums C terms of total weight 1: |KL| <= 2 * 4 eps (max|z| + log C + 2)
+    # + (C + 4) eps (log C + 1), times T**2. A wrong formula is off by far more (see the other tests).
+    classes = shape[-1]
+    z = (logits / temperature).abs().max().item()
+    bound = temperature**2 * EPS32 * (8 * (z + math.log(classes) + 2) + (classes + 4) * (math.log(classes) + 1))
+    loss = compute_distillation_loss(logits, logits.clone(), temperature)
+    assert loss.dim() == 0 and abs(loss.item()) <= bound
 
 
 @pytest.mark.exercise(3, points=1)
 def test_kd_loss_scales_with_temperature_squared():
     # softmax(2s / 2T) == softmax(s / T) exactly (scaling by 2 is exact in binary floating point),
-    # so only the T**2 factor changes: loss(2s, 2t, 2T) == 4 * loss(s, t, T), bit for bit.
+    # so only the T**2 factor changes: loss(2s, 2t, 2T) == 4 * loss(s, t, T), up to float32 rounding.
     torch.manual_seed(1)
     student, teacher = torch.randn(6, 5), torch.randn(6, 5)
     for temperature in (1.0, 3.0):
         small = compute_distillation_loss(student, teacher, temperature)
         large = compute_distillation_loss(2 * student, 2 * teacher, 2 * temperature)
         assert small.item() > 0
-        assert large.item() == 4 * small.item()
+        assert large.item() == pytest.approx(4 * small.item(), rel=1e-6)
 
 
 @pytest.mark.exercise(3, points=1)
@@ -122,16 +132,16 @@ def test_kd_loss_mask_selects_positions():
         (torch.zeros(2, 3), torch.zeros(2, 3), math.nan, None, ValueError, "temperature must be .* > 0, got nan"),
         (torch.zeros(2, 3), torch.zeros(2, 3), math.inf, None, ValueError, "temperature must be a finite"),
         (torch.zeros(2, 3), torch.zeros(2, 3), "2", None, TypeError, "temperature must be a real number, got str"),
-        ([[0.0, 1.0]], torch.zeros(1, 2), 1.0, None, TypeError, "student_logits must be a torch.Tensor, got list"),
+        ([[0.0, 1.0]], torch.zeros(1, 2), 1.0, None, TypeError, "student_logits must be a floating-point tensor, got list"),
         (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), 1.0, None, TypeError,
          "teacher_logits must be a floating-point tensor, got torch.int64"),
-        (torch.zeros(3), torch.zeros(3), 1.0, None, ValueError, r"at least 2 dims, got \(3,\)"),
+        (torch.zeros(3), torch.zeros(3), 1.0, None, ValueError, r"at least 2 dims, got shape \(3,\)"),
         (torch.zeros(2, 3), torch.zeros(2, 3), 1.0, torch.ones(2, dtype=torch.long), TypeError,
          "mask must be a bool tensor, got torch.int64"),
         (torch.zeros(2, 3), torch.zeros(2, 3), 1.0, torch.ones(3, dtype=torch.bool), ValueError,
-         r"mask must have shape \(2,\) .* got \(3,\)"),
+         r"mask must have shape \(2,\) .* got shape \(3,\)"),
         (torch.zeros(2, 3), torch.zeros(2, 3), 1.0, torch.zeros(2, dtype=torch.bool), ValueError,
-         "mask selects no position"),
+         "select a position, got shape \\(2,\\), 0 selected"),
     ],
 )
 def test_kd_loss_rejects_bad_arguments(student, teacher, temperature, mask, error, match):
@@ -145,23 +155,29 @@ def test_kd_loss_rejects_bad_arguments(student, teacher, temperature, mask, erro
 
 @pytest.mark.exercise(3, points=2)
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
-def test_distill_model_loss_and_step_match_plain_torch(alpha):
-    teacher, student, data = linear_setup(num_batches=1)
-    inputs, labels = data[0]
+def test_distill_model_loss_and_steps_match_plain_torch(alpha):
+    teacher, student, data = linear_setup(num_batches=3)
     reference = copy.deepcopy(student)
-    with torch.no_grad():
-        teacher_logits = teacher(inputs)
-    expected = reference_loss(reference(inputs), teacher_logits, labels, 2.0, alpha)
     optimizer = torch.optim.Adam(reference.parameters(), lr=0.01)
-    expected.backward()
-    optimizer.step()
+    expected = []
+    for inputs, labels in data:  # one Adam step per batch, each on its own gradients
+        with torch.no_grad():
+            teacher_logits = teacher(inputs)
+        loss = reference_loss(reference(inputs), teacher_logits, labels, 2.0, alpha)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        expected.append(loss.item())
 
     returned, losses = distill_model(teacher, student, data, 2.0, alpha, 1, 0.01, progress=False)
     assert returned is student
     assert isinstance(losses, list) and len(losses) == 1 and type(losses[0]) is float
-    assert losses[0] == pytest.approx(expected.item(), rel=1e-6)
-    for got, want in zip(student.parameters(), reference.parameters()):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert losses[0] == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    # Adam's steps are lr * m / (sqrt(v) + eps): rounding differences of the gradients move them by
+    # far less than 1e-6 (a step is ~1e-2); a missed zero_grad or a second step moves them by ~1e-2.
+    reference_state = dict(reference.named_parameters())
+    for name, got in student.named_parameters():
+        torch.testing.assert_close(got, reference_state[name], rtol=0, atol=1e-6)
 
 
 @pytest.mark.exercise(3, points=2)
@@ -179,9 +195,10 @@ def test_distill_model_loss_decreases_and_teacher_is_frozen():
 @pytest.mark.exercise(3, points=1)
 def test_distill_model_runs_teacher_without_gradients():
     teacher, student, data = linear_setup(num_batches=2)
+    before = copy.deepcopy(student)
     distill_model(teacher, student, data, 1.0, 0.5, 1, 0.01, progress=False)
-    assert all(p.grad is None for p in teacher.parameters())
-    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())  # no graph through the teacher
+    assert not states_equal(student, before)  # while the student trained
 
 
 def test_distill_model_history_and_epoch_log(capsys):
@@ -229,8 +246,8 @@ def test_distill_model_skips_batches_without_labels():
     [
         ({"temperature": 0.0}, ValueError, "temperature must be a finite number > 0, got 0.0"),
         ({"temperature": -2.0}, ValueError, "temperature must be a finite number > 0, got -2.0"),
-        ({"alpha": -0.1}, ValueError, r"alpha must be in \[0, 1\], got -0.1"),
-        ({"alpha": 1.5}, ValueError, r"alpha must be in \[0, 1\], got 1.5"),
+        ({"alpha": -0.1}, ValueError, r"alpha must be a finite number in \[0, 1\], got -0.1"),
+        ({"alpha": 1.5}, ValueError, r"alpha must be a finite number in \[0, 1\], got 1.5"),
         ({"num_epochs": 0}, ValueError, "num_epochs must be >= 1, got 0"),
         ({"num_epochs": 2.0}, TypeError, "num_epochs must be an int, got float"),
         ({"learning_rate": 0.0}, ValueError, "learning_rate must be a finite number > 0, got 0.0"),
@@ -260,6 +277,7 @@ def test_distill_model_rejects_teacher_as_student():
 # The shared objective and Hugging Face batches
 # ---------------------------------------------------------------------------
 
+@pytest.mark.exercise(3, points=2)
 def test_objective_leaves_out_minus_100_positions():
     torch.manual_seed(5)
     student, teacher = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
@@ -289,7 +307,7 @@ def test_objective_shifts_labels_for_causal_models():
 def test_objective_rejects_bad_labels():
     with pytest.raises(ValueError, match=r"labels must have shape \(2, 3\) .* got \(2, 4\)"):
         distillation_objective(torch.zeros(2, 3, 5), torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long), 1.0, 0.5)
-    with pytest.raises(ValueError, match="mask selects no position"):
+    with pytest.raises(ValueError, match="no labelled position"):
         distillation_objective(torch.zeros(2, 5), torch.zeros(2, 5), torch.full((2,), -100), 1.0, 0.5)
 
 
