@@ -45,6 +45,7 @@ def apply_weight_pruning(model: nn.Module, layer_type: type, pruning_percentage:
             matching module has no weight.
     """
     check_fraction(pruning_percentage)
+    pruning_percentage = float(pruning_percentage)  # torch.nn.utils.prune reads an int amount as a count
     layers = _layers_of_type(model, layer_type)
     originals = [layer.weight for layer in layers]
     # BEGIN SOLUTION (Exercise 2)

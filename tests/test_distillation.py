@@ -12,9 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distillation import compute_distillation_loss, distill_model, distillation_objective
+from distillation_models import TEXTS, make_tokenizer, mlm_batches, reference_loss, states_equal, tiny_bert, tiny_llama
 
 EPS32 = 2.0**-24  # unit roundoff of float32
-from distillation_models import TEXTS, make_tokenizer, mlm_batches, reference_loss, states_equal, tiny_bert, tiny_llama
 
 
 # ---------------------------------------------------------------------------

@@ -334,8 +334,9 @@ def test_transformer_sized_int8_part_equals_the_integer_reference(k, n):
     x[:, 0], w[0, :] = 127, -127
     expected = x.double() @ w.double()
     assert torch.equal(int8_matmul(x, w).double(), expected)
-    if k * 127**2 < 2**24:  # the float32 result of the whole kernel is exact too
-        assert torch.equal(mixed_precision_forward(x.float(), w.float(), threshold=None).double(), expected)
+    # Through mixed_precision_forward: the dequantization's float32 roundings, 6 * 2**-24 relative.
+    out = mixed_precision_forward(x.float(), w.float(), threshold=None).double()
+    assert ((out - expected).abs() <= 6 * EPS32 * expected.abs()).all()
 
 
 def test_int8_matmul_worst_case_beyond_float32_integers():

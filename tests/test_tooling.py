@@ -22,6 +22,7 @@ from notebook_source import LAB_MODULES, NOTEBOOK_MODULES, module_path
 from tools.grading import Exercise
 from tools.make_student import (
     INSTRUCTOR_ONLY,
+    STUDENT_README,
     SolutionMarkerError,
     build_student_release,
     drop_hidden_tests,
@@ -161,7 +162,25 @@ BAD_SOURCES = {
                       r"bad\.py:3: student release is not valid Python"),
     "not python": ("def f(:\n    # BEGIN SOLUTION (Exercise 1)\n    return 1\n    # END SOLUTION\n",
                    r"bad\.py:1: not valid Python"),
+    "hidden name": ("def f(x):\n    # BEGIN SOLUTION (Exercise 1)\n    # TODO: KD = x + 1\n    kd = x + 1\n"
+                    "    # END SOLUTION\n    return kd\n",
+                    r"bad\.py:2: code after this region reads kd, which the region sets but its TODO lines never name"),
+    "hidden attribute": ("class A:\n    def f(self, x):\n        # BEGIN SOLUTION (Exercise 1)\n"
+                         "        # TODO: set the codes\n        self.codes = x\n        # END SOLUTION\n"
+                         "        return self.codes\n",
+                         r"bad\.py:3: code after this region reads self\.codes"),
+    "two regions": ("def f(x):\n    # BEGIN SOLUTION (Exercise 1)\n    y = x\n    # END SOLUTION\n"
+                    "    # BEGIN SOLUTION (Exercise 1)\n    return x\n    # END SOLUTION\n",
+                    r"bad\.py:5: a second solution region in f: each region is one exercise part"),
 }
+
+
+def test_strip_solutions_accepts_names_the_todo_gives_and_regions_that_return():
+    given = ("def f(x):\n    # BEGIN SOLUTION (Exercise 1)\n    # TODO: set self.codes and out = x + 1\n"
+             "    out = x + 1\n    # END SOLUTION\n    return out\n")
+    assert "raise NotImplementedError" in strip_solutions(given, "ok.py")
+    returning = "def f(x):\n    # BEGIN SOLUTION (Exercise 1)\n    kd = x\n    return kd\n    # END SOLUTION\n"
+    assert "raise NotImplementedError" in strip_solutions(returning, "ok.py")
 
 
 @pytest.mark.parametrize("case", list(BAD_SOURCES))
@@ -647,12 +666,14 @@ def test_bad_exercise_marker_is_a_usage_error_naming_the_test(tmp_path):
 EXERCISE_FUNCTIONS = {1: ("QuantizedVector.quantize", "QuantizedVector.dequantize", "absmax_quantize",
                           "mixed_precision_forward"),
                       2: ("apply_weight_pruning",),
-                      3: ("compute_distillation_loss", "distillation_objective", "distill_model")}
+                      3: ("compute_distillation_loss", "distillation_objective", "teacher_and_student_outputs",
+                          "optimizer_step")}
 POINTS = {1: 28, 2: 20, 3: 19}
 ANSWERS = 4
 NOTEBOOKS = ("model_compression_and_pruning.ipynb", "distillation_classification.ipynb")
 PARTIAL = (1, 3)
-MAX_LAB_LINES = 360  # "a few hundred lines at most, readable in one sitting"
+MAX_LAB_LINES = 300  # readable in one sitting
+MAX_REGION_LINES = 40  # a region with its TODOs fits on one screen
 missing = [name for name in LAB_MODULES if not module_path(name).exists()]
 lab = pytest.mark.skipif(bool(missing), reason=f"lab modules not written yet: {', '.join(missing)}")
 
@@ -723,8 +744,11 @@ def test_student_release_strips_every_exercise_and_nothing_else(release):
     for name in summary.files:
         text = (out / name).read_bytes()
         assert b"BEGIN SOLUTION" not in text and b"END SOLUTION" not in text, name
-        if name not in changed and not name.endswith(".ipynb"):
+        if name == "README.md":  # the students' README, not the maintainers'
+            assert text == (ROOT / STUDENT_README).read_bytes()
+        elif name not in changed and not name.endswith(".ipynb"):
             assert text == (ROOT / name).read_bytes(), name
+    assert STUDENT_README not in summary.files
 
 
 @lab
@@ -732,6 +756,13 @@ def test_student_files_are_short_and_import_only_libraries(release):
     out, _ = release
     lengths = {name: len((out / f"{name}.py").read_text().splitlines()) for name in LAB_MODULES}
     assert all(length <= MAX_LAB_LINES for length in lengths.values()), lengths
+    for name in LAB_MODULES:  # every region, TODOs and solution, on one screen; exercises before provided code
+        lines = module_path(name).read_text().splitlines()
+        begins = [i for i, line in enumerate(lines) if "# BEGIN SOLUTION" in line]
+        ends = [i for i, line in enumerate(lines) if "# END SOLUTION" in line]
+        assert all(end - begin + 1 <= MAX_REGION_LINES for begin, end in zip(begins, ends)), name
+        banner = next(i for i, line in enumerate(lines) if line.startswith("# ") and "Provided code" in line)
+        assert begins and max(ends) < banner, name
     ours = {path.stem for path in ROOT.glob("*.py")} | {path.name for path in ROOT.iterdir() if path.is_dir()}
     for name in LAB_MODULES:
         tree = ast.parse((out / f"{name}.py").read_text())

@@ -25,7 +25,8 @@ analysis answers are Exercise 4) and `<!-- END SOLUTION -->` become
 
 Test functions and classes marked `@pytest.mark.exercise(..., visibility="hidden")`
 are left out of the student release; the instructor grades with them.
-The files in INSTRUCTOR_ONLY do not ship. Everything else is copied unchanged.
+The files in INSTRUCTOR_ONLY do not ship; the release's README.md is STUDENT_README (the
+maintainers' README stays behind). Everything else is copied unchanged.
 
 The release is built in a sibling folder and swapped in at the end, so a marker
 error (open, nested, stray or malformed, reported with file and line) leaves the
@@ -50,7 +51,10 @@ from pathlib import Path
 
 # Paths (relative, posix) that belong to the instructor: the release tool itself,
 # its tests (they grade the solution), and the contributor guide.
-INSTRUCTOR_ONLY = frozenset({"tools/make_student.py", "tests/test_tooling.py", "CONTRIBUTING.md"})
+INSTRUCTOR_ONLY = frozenset({"tools/make_student.py", "tools/fairness.py", "tools/fairness_variants.py",
+                             "tests/test_tooling.py", "tests/test_fairness.py", "CONTRIBUTING.md"})
+# The release's README.md is this file (the exercises, the tests, self-grading), not the maintainers' one.
+STUDENT_README = "tools/student_readme.md"
 # Folders skipped when the root is not a git repository.
 WALK_EXCLUDE = frozenset({".git", ".venv", "dist", "results", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"})
 
@@ -181,6 +185,36 @@ def _enclosing_function(functions: list[tuple[int, int, str]], line: int) -> str
     return max(spans)[1] if spans else None
 
 
+def _dotted(node: ast.AST) -> str | None:
+    """`name` for a Name, `name.attr` for an attribute of a Name (`self.alpha`), else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return f"{node.value.id}.{node.attr}"
+    return None
+
+
+def _hidden_names(tree: ast.AST, first: int, last: int, todo: list[str]) -> list[str]:
+    """Names the region between marker lines `first` and `last` (1-based) sets and that code after
+    it in the same def reads, though the region's TODO lines never give them in those words."""
+    spans = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+             and node.lineno < first and last <= node.end_lineno]
+    if not spans:
+        return []
+    function = max(spans, key=lambda node: node.lineno)
+    stored, read = set(), set()
+    for node in ast.walk(function):
+        name = _dotted(node) if isinstance(node, (ast.Name, ast.Attribute)) else None
+        if name is None:
+            continue
+        if isinstance(node.ctx, ast.Store) and first < node.lineno < last:
+            stored.add(name)
+        elif isinstance(node.ctx, ast.Load) and node.lineno > last:
+            read.add(name)
+    given = set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*[A-Za-z0-9_]", "".join(todo)))
+    return sorted((stored & read) - given)
+
+
 def _todo_lines(body: list[str]) -> list[str]:
     """The `# TODO` comment lines of a region body and their indented continuation lines."""
     kept, in_todo = [], False
@@ -200,11 +234,12 @@ def _strip_code(source: str, path: str, keep: Collection[int], locate: Callable[
     if not found:
         return source, []
     try:
-        functions = _functions(ast.parse(source))
+        tree = ast.parse(source)
+        functions = _functions(tree)
     except SyntaxError as error:
         if require_function:
             raise _error(locate((error.lineno or 1) - 1), f"not valid Python: {error.msg}") from error
-        functions = []  # a notebook cell with IPython syntax: no function names
+        tree, functions = None, []  # a notebook cell with IPython syntax: no function names
     regions, pieces, start = [], [], 0
     for first, last, exercise in found:
         indent, body = _indent(lines[first]), lines[first + 1:last]
@@ -214,6 +249,14 @@ def _strip_code(source: str, path: str, keep: Collection[int], locate: Callable[
         function = _enclosing_function(functions, first + 1)
         if function is None and require_function:
             raise _error(locate(first), "solution region outside any function; the student release could not import")
+        if require_function and any(region.function == function for region in regions):
+            raise _error(locate(first), f"a second solution region in {function}: each region is one exercise "
+                                        "part, in a def of its own, so its NotImplementedError names it")
+        hidden = _hidden_names(tree, first + 1, last + 1, _todo_lines(body)) if require_function else []
+        if hidden:
+            raise _error(locate(first), f"code after this region reads {', '.join(hidden)}, which the region sets "
+                                        "but its TODO lines never name: a student who names it otherwise would "
+                                        "get a NameError; name it in a TODO or end the region in a return")
         kept = exercise in keep
         if kept:
             replacement = body
@@ -344,7 +387,8 @@ def release_files(root: Path) -> list[str]:
             subfolders[:] = [name for name in subfolders if name not in WALK_EXCLUDE]
             names += [Path(folder, name).relative_to(root).as_posix() for name in files]
     # Deleted-but-tracked files are gone from the tree; the instructor-only files never ship.
-    return sorted(name for name in set(names) if (root / name).is_file() and name not in INSTRUCTOR_ONLY)
+    return sorted(name for name in set(names) if (root / name).is_file()
+                  and name not in INSTRUCTOR_ONLY and name != STUDENT_README)
 
 
 def _transform(name: str, data: bytes, keep: Collection[int], summary: ReleaseSummary) -> bytes:
@@ -393,6 +437,8 @@ def build_student_release(root: str | os.PathLike, out: str | os.PathLike,
     try:
         for name in names:
             source, target = root / name, staging / name
+            if name == "README.md" and (root / STUDENT_README).is_file():
+                source = root / STUDENT_README
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(_transform(name, source.read_bytes(), keep, summary))
             shutil.copymode(source, target)
