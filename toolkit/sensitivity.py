@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from quantization import check_format
 from toolkit.calibration import LinearInputStats, collect_linear_inputs, is_statistics
 from toolkit.evaluation import perplexity
-from toolkit.layers import LAYER_FORMATS, QuantizedLinear, linear_targets
+from toolkit.layers import LAYER_FORMATS, QuantizedLinear
+from toolkit.targets import linear_targets
 from toolkit.wanda import prune_layers
 
 LAYER_KINDS = ("query", "key", "value", "attention output", "ffn in", "ffn out")
