@@ -84,7 +84,7 @@ HIGHER_IS_BETTER = {"perplexity": False, "accuracy": True}
 MODEL_CLASSES = {"masked": AutoModelForMaskedLM, "causal": AutoModelForCausalLM,
                  "sequence-classification": AutoModelForSequenceClassification}  # what `load_model` loads
 SPLITS = ("train", "validation", "test")
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 CORPUS_DIR = DATA_DIR / "corpus"
 VOCAB_FILE = DATA_DIR / "vocab.txt"
 WIKITEXT = ("wikitext", "wikitext-2-raw-v1")
