@@ -17,6 +17,7 @@ from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassifica
                           LlamaForCausalLM)
 
 import toolkit.evaluation as ev
+from toolkit.evaluation.footprint import _view_key
 
 MB = 2**20
 
@@ -513,7 +514,7 @@ def test_serialized_size_is_the_tensors_plus_a_small_header():
     assert 8 < header <= 8 + 2 * 80
     bert = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                       intermediate_size=16, max_position_embeddings=16))
-    tensors = len({ev._view_key(t) for t in bert.state_dict().values()})  # tied decoder weight once
+    tensors = len({_view_key(t) for t in bert.state_dict().values()})  # tied decoder weight once
     header = (ev.serialized_size_mb(bert) - ev.model_size_mb(bert)) * MB
     assert 8 < header <= 8 + tensors * (80 + 64)  # names of under 64 characters
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from quantization import check_format
 from toolkit.calibration import LinearInputStats, collect_linear_inputs, is_statistics
-from toolkit.evaluation import perplexity
+from toolkit.evaluation.scoring import perplexity
 from toolkit.layers import LAYER_FORMATS, QuantizedLinear
 from toolkit.targets import linear_targets
 from toolkit.wanda import prune_layers

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertTokenizerFast,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
-from toolkit.evaluation import IGNORE_INDEX, KINDS, VOCAB_FILE, load_texts, masked_lm_inputs
-
-
-# ---------------------------------------------------------------------------
-# Smoke mode: a tokenizer and small models built offline
+from toolkit.evaluation.loading import KINDS, VOCAB_FILE, load_texts
+from toolkit.evaluation.scoring import IGNORE_INDEX, masked_lm_inputs
 
 
 def tiny_tokenizer() -> BertTokenizerFast:
