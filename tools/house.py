@@ -1,8 +1,15 @@
 """The shape of the code, read with `ast`: the import graph, the floors it stacks into, sizes.
 
-`python tools/house.py` prints the toolkit's import graph (`module -> modules`, project modules only),
-its floors (the length of the longest import chain above each module), the line count of every
-module and the largest functions. `tests/test_layering.py` checks the graph against the floor map.
+`python tools/house.py [N]` prints the toolkit's import graph (`module -> modules`, project modules
+only), how many floors it stands by its imports, the line count of every module and the N largest
+functions. `FLOORS` is the plan the graph must keep; `tests/test_layering.py` checks it:
+
+    1 plumbing      targets, calibration, blocks, packing, int4 (may import one another)
+    2 formats       layers (quantized layers), sparse (sparse and N:M checkpoints)
+    3 methods       awq, wanda, shrink, students, qat: side by side, none importing another
+    4 measurement   evaluation (a package), sensitivity (may import evaluation)
+
+The lab's three files stand below (floor 0) and import no project module.
 
 It reads source files only; it imports nothing of the project.
 """
@@ -14,6 +21,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ("quantization", "pruning", "distillation")  # the student files, at the repository root
+FLOORS = {
+    "toolkit": 0, **dict.fromkeys(LAB, 0),
+    **dict.fromkeys(("toolkit.targets", "toolkit.calibration", "toolkit.blocks", "toolkit.packing", "toolkit.int4"), 1),
+    **dict.fromkeys(("toolkit.layers", "toolkit.sparse"), 2),
+    **dict.fromkeys(("toolkit.awq", "toolkit.wanda", "toolkit.shrink", "toolkit.students", "toolkit.qat"), 3),
+    **dict.fromkeys(("toolkit.evaluation", "toolkit.sensitivity"), 4),
+}
+SIDEWAYS = (1, 4)  # the floors whose modules may import one another (the methods may not)
+# Imports against the plan, each with its reason; only inside a function (never loaded by the import).
+SHORTCUTS = {("toolkit.layers", "toolkit.awq"): "quantize_model(..., 'int4', calibration=) is the documented "
+                                                "shortcut to awq.awq_quantize"}
 
 
 def module_files(root: Path = ROOT) -> dict[str, Path]:
@@ -25,10 +43,21 @@ def module_files(root: Path = ROOT) -> dict[str, Path]:
     return files
 
 
-def imports(path: Path) -> list[tuple[str, list[str]]]:
-    """(imported module, imported names) of every import statement in `path`, function bodies included."""
+def floor_of(module: str) -> int | None:
+    """The planned floor of a module; a package's submodules stand on the package's floor."""
+    while module not in FLOORS and "." in module:
+        module = module.rpartition(".")[0]
+        if module == "toolkit":
+            return None
+    return FLOORS.get(module)
+
+
+def imports(path: Path, *, top_level: bool = False) -> list[tuple[str, list[str]]]:
+    """(imported module, imported names) of every import statement in `path`, function bodies included
+    unless `top_level`."""
+    tree = ast.parse(path.read_text())
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in (tree.body if top_level else ast.walk(tree)):
         if isinstance(node, ast.Import):
             found += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -51,15 +80,26 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     return graph
 
 
+def private_imports(root: Path = ROOT) -> list[str]:
+    """'module: name from other' for every private name (a leading underscore) imported from another
+    module, in the lab, the toolkit, benchmarks/ and tools/."""
+    paths = list(module_files(root).values()) + sorted((root / "benchmarks").glob("*.py")) \
+        + sorted((root / "tools").glob("*.py"))
+    return [f"{path.relative_to(root)}: {name} from {module}" for path in paths for module, names in imports(path)
+            for name in names if name.startswith("_") and not name.startswith("__")]
+
+
 def floors(graph: dict[str, set[str]]) -> dict[str, int]:
-    """Module -> its floor: 1 + the highest floor it imports (1 for a module importing none)."""
+    """Module -> how many floors stand up to it: 1 + the most below it along its imports, where an import
+    within one planned floor adds none (the shortcuts are left out). Raises ValueError on a cycle."""
     height: dict[str, int] = {}
 
     def floor(name: str, path: tuple[str, ...] = ()) -> int:
         if name in path:
             raise ValueError(f"import cycle: {' -> '.join((*path, name))}")
         if name not in height:
-            height[name] = 1 + max((floor(dep, (*path, name)) for dep in graph[name]), default=0)
+            height[name] = max((floor(dep, (*path, name)) + (floor_of(dep) != floor_of(name))
+                                for dep in graph[name] if (name, dep) not in SHORTCUTS), default=1)
         return height[name]
 
     for name in graph:
@@ -87,9 +127,11 @@ def main() -> None:
     toolkit = [name for name in files if name.startswith("toolkit.")]
     height = floors({name: graph[name] & set(toolkit) for name in toolkit})
     print("import graph (module -> project modules):")
-    for name in sorted(toolkit, key=lambda n: (-height[n], n)):
-        print(f"  {name} -> {', '.join(sorted(graph[name])) or '-'}")
-    print(f"floors of the toolkit (its own imports, the lab below it): {max(height.values())}")
+    for name in sorted(toolkit, key=lambda n: (-(floor_of(n) or 9), n)):
+        print(f"  [{floor_of(name)}] {name} -> {', '.join(sorted(graph[name])) or '-'}")
+    print(f"floors of the toolkit by its imports (the lab below it): {max(height.values())}")
+    print(f"shortcuts (function-level imports against the plan): {sorted(SHORTCUTS)}")
+    print(f"private names imported across modules: {private_imports() or 'none'}")
     print("lines per module:")
     for name in sorted(files, key=lambda n: -len(files[n].read_text().splitlines())):
         print(f"  {len(files[name].read_text().splitlines()):5d} {name}")
