@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from toolkit.calibration import as_batches, calibration_batches, collect_linear_inputs, is_statistics
+from toolkit.calibration import as_batches, calibration_batches, check_statistics, collect_linear_inputs, is_statistics
 from toolkit.evaluation import tiny_model, tiny_tokenizer
 
 
@@ -140,3 +140,44 @@ def test_one_tensor_or_one_dict_is_one_batch():
     assert one_sequence.tokens == ids.shape[1]
     assert is_statistics({name: as_list}) and not is_statistics(dict(batch)) and not is_statistics({})
     assert len(as_batches([ids[0], ids])) == 2 and as_batches(ids[0])[0].shape == (1, ids.shape[1])
+
+
+# ---------------------------------------------------------------------------
+# Edges: calibration that holds no token, a bare string, statistics that do not fit
+
+def test_zero_rows_or_zero_length_batches_are_refused_before_the_model_runs():
+    model, _ = tiny_model("causal", num_layers=1)
+    for empty in (torch.zeros(0, 8, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long),
+                  {"input_ids": torch.zeros(1, 0, dtype=torch.long), "attention_mask": torch.zeros(1, 0)}):
+        with pytest.raises(ValueError, match="no token"):
+            collect_linear_inputs(model, [empty], progress=False)
+
+
+def test_all_padding_calibration_is_refused():
+    model, _ = tiny_model("masked", num_layers=1)
+    batch = {"input_ids": torch.randint(5, 100, (2, 6)), "attention_mask": torch.zeros(2, 6, dtype=torch.long)}
+    with pytest.raises(ValueError, match="no token"):
+        collect_linear_inputs(model, [batch], progress=False)
+
+
+def test_calibration_batches_refuses_a_bare_string():
+    with pytest.raises(TypeError, match="one string"):
+        calibration_batches(tiny_tokenizer(), "a single text, joined letter by letter otherwise", seq_len=4)
+    with pytest.raises(TypeError, match="strings"):
+        calibration_batches(tiny_tokenizer(), ["a text", 3], seq_len=4)
+
+
+def test_check_statistics_refuses_missing_other_width_and_empty_statistics():
+    model = _toy()
+    stats = collect_linear_inputs(model, [torch.randn(3, 8)], progress=False)
+    layers = {"0": model[0], "2": model[2]}
+    check_statistics(stats, layers)  # fits
+    with pytest.raises(ValueError, match="row sample"):
+        check_statistics(stats, layers, sample=True)
+    with pytest.raises(ValueError, match="lack statistics"):
+        check_statistics({"0": stats["0"]}, layers)
+    with pytest.raises(ValueError, match=r"do not fit the model.*2 \(16 != 12\)"):
+        check_statistics(stats, {"0": model[0], "2": nn.Linear(12, 4)})
+    stats["2"].tokens = 0
+    with pytest.raises(ValueError, match="saw no token at \\['2'\\]"):
+        check_statistics(stats, layers)

@@ -361,3 +361,31 @@ def test_sequential_removes_hooks_and_restores_train_mode(failure, monkeypatch):
 def test_sequential_needs_a_batch():
     with pytest.raises(ValueError, match="empty"):
         apply_wanda_pruning(_stack(), [], 0.5, progress=False)
+
+
+# ---------------------------------------------------------------------------
+# Edges: calibration without a token, statistics that no longer fit the model
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_calibration_without_a_token_prunes_nothing(sequential):
+    model, _ = tiny_model("masked", num_layers=2)
+    before = copy.deepcopy(model.state_dict())
+    padding = {"input_ids": torch.randint(5, 1000, (2, 8)), "attention_mask": torch.zeros(2, 8, dtype=torch.long)}
+    for calibration in ([padding], [torch.zeros(2, 0, dtype=torch.long)]):
+        with pytest.raises(ValueError, match="no token"):
+            apply_wanda_pruning(model, calibration, 0.5, sequential=sequential, progress=False)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_statistics_taken_before_shrinking_are_refused_before_any_weight_changes():
+    from toolkit.shrink import prune_ffn_neurons
+
+    model, _ = tiny_model("masked", num_layers=2)
+    stats = collect_linear_inputs(model, [torch.randint(5, 1000, (2, 16))], progress=False)
+    prune_ffn_neurons(model, 0.5)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"do not fit the model.*output.dense \(256 != 128\)"):
+        apply_wanda_pruning(model, stats, 0.5, progress=False)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantization import check_format
-from toolkit.calibration import LinearInputStats, collect_linear_inputs, is_statistics
+from toolkit.calibration import LinearInputStats, check_statistics, collect_linear_inputs, is_statistics
 from toolkit.evaluation.scoring import perplexity
 from toolkit.layers import LAYER_FORMATS, QuantizedLinear
 from toolkit.targets import linear_targets
@@ -45,14 +45,25 @@ _KIND_SUFFIXES = (
     ("intermediate.dense", "ffn in"), ("mlp.gate_proj", "ffn in"), ("mlp.up_proj", "ffn in"),
     ("output.dense", "ffn out"), ("mlp.down_proj", "ffn out"),
 )
+# Kinds whose BERT name is only a bare suffix: they must sit right under a numbered layer ('layer.3.output.dense'),
+# so that a cross-attention 'layer.3.crossattention.output.dense' is not taken for the FFN.
+_UNDER_LAYER = ("intermediate.dense", "output.dense")
 COLUMNS = ("target", "kind", "layers", "method", "level", "perplexity", "ratio")
 
 
 def layer_kind(name: str) -> str | None:
     """The kind of a linear layer from its module name, e.g. 'bert.encoder.layer.3.intermediate.dense' ->
-    'ffn in', 'model.layers.0.self_attn.o_proj' -> 'attention output'; None for other layers."""
+    'ffn in', 'model.layers.0.self_attn.o_proj' -> 'attention output'; None for other layers, cross-attention
+    ones included ('bert.encoder.layer.3.crossattention.output.dense').
+
+    >>> layer_kind("bert.encoder.layer.3.output.dense"), layer_kind("bert.encoder.layer.3.crossattention.output.dense")
+    ('ffn out', None)
+    """
     for suffix, kind in _KIND_SUFFIXES:
         if name == suffix or name.endswith("." + suffix):
+            parent = name.removesuffix(suffix).rstrip(".").rpartition(".")[2]
+            if suffix in _UNDER_LAYER and parent and not parent.isdigit():
+                return None
             return kind
     return None
 
@@ -140,9 +151,7 @@ def sensitivity_scan(
         names = sorted({name for group in targets.values() for name in group})
         stats = calibration if is_statistics(calibration) else \
             collect_linear_inputs(model, calibration, layers=names, progress=progress)
-        missing = [name for name in names if name not in stats]
-        if missing:
-            raise ValueError(f"the calibration statistics lack {missing[:3]}: collect them for every scanned layer")
+        check_statistics(stats, {name: model.get_submodule(name) for name in names})
         norms = {name: stats[name].norm for name in names}
     base = score()
     rows = [dict(target="none", kind="none", layers=0, method="baseline", level="none", perplexity=base, ratio=1.0)]
