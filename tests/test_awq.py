@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from models import tiny_llama
 from toolkit.awq import ALPHA_GRID, awq_quantize, fold_scales, scale_groups, search_scale, unscaled_blocks
 from toolkit.calibration import collect_linear_inputs
 from toolkit.evaluation import tiny_model
@@ -100,10 +101,7 @@ def test_activation_aware_quantize_model_runs_on_bert_and_llama(kind):
 
 
 def test_gqa_skips_the_value_to_output_fold():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2)
-    groups = scale_groups(LlamaForCausalLM(config))
+    groups = scale_groups(tiny_llama(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1))
     assert [g.previous.rsplit(".", 1)[-1] for g in groups] == ["input_layernorm", "post_attention_layernorm",
                                                                "up_proj"]
 

@@ -5,16 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from pruning_models import tiny_bert
+from models import tiny_bert, toy
 from toolkit.awq import awq_quantize
 from toolkit.layers import QuantizedLinear, quantize_model
 from toolkit.targets import is_skipped, linear_targets, model_device, skip_names, submodule_at
 from toolkit.wanda import apply_magnitude_pruning, apply_wanda_pruning
-
-
-def _toy() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
 
 
 def test_skip_names_matching_no_layer_are_refused():
@@ -32,7 +27,7 @@ def test_skip_names_matching_no_layer_are_refused():
 
 @pytest.mark.parametrize("method", ["quantize", "wanda", "magnitude", "awq"])
 def test_a_typo_in_skip_changes_no_weight(method):
-    model = _toy()
+    model = toy(64, 64, 8)
     before = copy.deepcopy(model.state_dict())
     batches = [torch.randn(4, 64)]
     with pytest.raises(ValueError, match="lm_haed"):
@@ -50,7 +45,7 @@ def test_a_typo_in_skip_changes_no_weight(method):
 
 
 def test_linear_targets_and_is_skipped():
-    model = _toy()
+    model = toy(64, 64, 8)
     assert list(linear_targets(model, "2")) == ["0"]
     assert list(linear_targets(model, ())) == ["0", "2"]
     assert is_skipped("a.b.lm_head", {"lm_head"}) and not is_skipped("a.lm_head_x", {"lm_head"})
