@@ -179,6 +179,13 @@ def apply_wanda_pruning(
             to prune, statistics missing a layer, no batch, or (sequential) a block list that the
             model's forward does not call with its hidden states.
         TypeError: a batch that is neither a tensor nor a mapping.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> model = apply_wanda_pruning(model, [torch.randn(4, 8)], 0.5, skip=(), progress=False)
+    >>> (model[0].weight == 0).sum(dim=1).tolist()  # exactly half of every row
+    [4, 4, 4, 4, 4, 4, 4, 4]
     """
     sparsity, nm = _check_sparsity(sparsity, pattern)
     layers = _targets(model, skip)

@@ -73,6 +73,16 @@ def compare(
         latency_median_ms, latency_p90_ms, size_ratio (size / baseline size), speedup
         (baseline median latency / median latency) and `{metric_name}_ratio` (value /
         baseline value; NaN when the baseline value is 0).
+
+    >>> import copy
+    >>> from toolkit.evaluation import tiny_model
+    >>> from toolkit.layers import quantize_model
+    >>> model, tokenizer = tiny_model("masked")
+    >>> int8 = quantize_model(copy.deepcopy(model), "int8", verbose=False)
+    >>> rows = compare({"fp32": model, "int8": int8}, tokenizer, ["The cat sat on the mat."] * 4, runs=2,
+    ...                warmup=0, progress=False)
+    >>> [row["name"] for row in rows], rows[0]["size_ratio"], rows[1]["size_ratio"] < 1
+    (['fp32', 'int8'], 1.0, True)
     """
     if not isinstance(variants, Mapping) or not variants:
         raise ValueError("variants must be a non-empty mapping of name -> model")

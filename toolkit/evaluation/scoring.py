@@ -274,6 +274,12 @@ def perplexity(
             (`config.max_position_embeddings`: refused, not capped, so that the masks and
             windows never depend on the model); texts with no token to score (e.g. only
             whitespace: the special tokens the tokenizer adds are never all there is to score).
+
+    >>> from toolkit.evaluation import tiny_model
+    >>> model, tokenizer = tiny_model("causal")
+    >>> value = perplexity(model, tokenizer, ["The cat sat on the mat.", "It rained."], progress=False)
+    >>> 1 < value < 10 * len(tokenizer)  # random weights: about the vocabulary size
+    True
     """
     texts = check_texts(texts)
     check_kind(kind)

@@ -70,6 +70,12 @@ def make_student(teacher: transformers.PreTrainedModel, num_layers: int) -> tran
     Raises:
         TypeError: the teacher is not a supported Hugging Face model, or num_layers is not an int.
         ValueError: num_layers < 1 or more than the teacher's.
+
+    >>> from toolkit.evaluation import tiny_model
+    >>> teacher, _ = tiny_model("masked", num_layers=4)
+    >>> student = make_student(teacher, 2)
+    >>> student.config.num_hidden_layers, evenly_spaced_layers(4, 2)
+    (2, [0, 3])
     """
     model_type = getattr(getattr(teacher, "config", None), "model_type", None)
     if not isinstance(teacher, transformers.PreTrainedModel) or model_type not in _LAYER_LISTS:

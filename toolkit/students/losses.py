@@ -365,6 +365,17 @@ def distill_intermediate(
 
     Raises:
         TypeError, ValueError: as `distill_model` and `IntermediateLoss`.
+
+    >>> import torch
+    >>> from toolkit.evaluation import tiny_model
+    >>> from toolkit.students import make_student
+    >>> teacher, _ = tiny_model("masked", num_layers=2)
+    >>> ids = torch.randint(5, 1000, (2, 8))
+    >>> batches = [{"input_ids": ids, "labels": ids}]
+    >>> student, losses = distill_intermediate(teacher, make_student(teacher, 1), batches, 2.0, 0.5, 1, 1e-3,
+    ...                                        hidden_weight=1.0, progress=False)
+    >>> len(losses)  # one mean loss per epoch
+    1
     """
     check_intermediate_args(teacher_model, student_model, hidden_weight, attention_weight, hidden_kind)
     if not (hidden_weight or attention_weight):
