@@ -188,6 +188,14 @@ def test_bad_arguments(call, message):
         call(toy(64, 32, 16))
 
 
+@pytest.mark.parametrize("sparsity", ["0.5", True, [0.5]])
+def test_a_sparsity_that_is_not_a_number_raises_type_error_as_in_the_lab(sparsity):
+    with pytest.raises(TypeError, match="real number"):
+        apply_magnitude_pruning(toy(64, 32, 16), sparsity, skip=())
+    with pytest.raises(TypeError, match="real number"):
+        apply_wanda_pruning(toy(64, 32, 16), _batches(), sparsity, skip=())
+
+
 def test_wanda_checks_pattern_before_calibrating():
     model = nn.Sequential(nn.Linear(6, 4))
     with pytest.raises(ValueError, match="divisible by 4"):

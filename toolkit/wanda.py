@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from pruning import check_fraction
 from toolkit.blocks import calibrate_block_by_block, find_blocks  # noqa: F401 (find_blocks re-exported)
 from toolkit.calibration import Batch, LinearInputStats, as_batches, check_statistics, collect_linear_inputs, is_statistics
 from toolkit.sparse import from_nm_state_dict, is_nm_sparse, parse_pattern, to_nm_state_dict  # noqa: F401 (re-exported)
@@ -39,8 +40,7 @@ def _check_sparsity(sparsity: float | None, pattern: str | None) -> tuple[float 
     if pattern is None:
         if sparsity is None:
             raise ValueError("give a sparsity in [0, 1] or an N:M pattern such as '2:4'")
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity <= 1:
-            raise ValueError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
+        check_fraction(sparsity)  # the lab's rule: TypeError for a non-number, ValueError outside [0, 1]
         return float(sparsity), None
     n, m = parse_pattern(pattern)
     if sparsity is not None and not math.isclose(sparsity, (m - n) / m):
@@ -178,7 +178,8 @@ def apply_wanda_pruning(
         ValueError: bad sparsity or pattern, a layer whose in_features is not divisible by M, no layer
             to prune, statistics missing a layer, no batch, or (sequential) a block list that the
             model's forward does not call with its hidden states.
-        TypeError: a batch that is neither a tensor nor a mapping.
+        TypeError: a sparsity that is not a real number (as in the lab's pruning), or a batch that is neither a
+            tensor nor a mapping.
 
     >>> import torch
     >>> from torch import nn
