@@ -21,10 +21,10 @@ It does not choose per-layer budgets from the scan, and it does not compress the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -34,6 +34,9 @@ from toolkit.evaluation.scoring import perplexity
 from toolkit.layers import LAYER_FORMATS, QuantizedLinear
 from toolkit.targets import linear_targets
 from toolkit.wanda import prune_layers
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LAYER_KINDS = ("query", "key", "value", "attention output", "ffn in", "ffn out")
 # Suffixes of module names -> kind (BERT family, Llama family); the first match wins.
@@ -197,6 +200,8 @@ def plot_sensitivity(table: pd.DataFrame, *, log: bool | None = None) -> Figure:
     methods = [m for m in ("magnitude", "wanda", "quantize") if (table["method"] == m).any()]
     if log is None:
         log = bool(table["ratio"].max() > 4 * table["ratio"].min())
+    from matplotlib.figure import Figure  # imported when a figure is drawn
+
     figure = Figure(figsize=(5 * max(len(methods), 1), 4), layout="constrained")
     axes = figure.subplots(1, max(len(methods), 1), squeeze=False)[0]
     for ax, method in zip(axes, methods):
