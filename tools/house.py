@@ -107,14 +107,17 @@ def floors(graph: dict[str, set[str]]) -> dict[str, int]:
     return height
 
 
-def functions(path: Path) -> list[tuple[str, int]]:
-    """(qualified name, lines) of every function and class in `path`."""
+def functions(path: Path) -> list[tuple[str, int, int]]:
+    """(qualified name, lines, lines without the docstring) of every function and class in `path`."""
     found = []
 
     def visit(node: ast.AST, prefix: str) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                found.append((prefix + child.name, child.end_lineno - child.lineno + 1))
+                lines = child.end_lineno - child.lineno + 1
+                first = child.body[0]
+                doc = first.end_lineno - first.lineno + 1 if ast.get_docstring(child) is not None else 0
+                found.append((prefix + child.name, lines, lines - doc))
                 visit(child, f"{prefix}{child.name}.")
 
     visit(ast.parse(path.read_text()), "")
@@ -135,11 +138,11 @@ def main() -> None:
     print("lines per module:")
     for name in sorted(files, key=lambda n: -len(files[n].read_text().splitlines())):
         print(f"  {len(files[name].read_text().splitlines()):5d} {name}")
-    largest = sorted(((lines, f"{name}.{func}") for name in files for func, lines in functions(files[name])),
-                     reverse=True)
-    print("largest functions and classes:")
-    for lines, name in largest[: int(sys.argv[1]) if len(sys.argv) > 1 else 12]:
-        print(f"  {lines:4d} {name}")
+    largest = sorted(((lines, code, f"{name}.{func}") for name in files
+                      for func, lines, code in functions(files[name])), reverse=True)
+    print("largest functions and classes (lines, lines without the docstring):")
+    for lines, code, name in largest[: int(sys.argv[1]) if len(sys.argv) > 1 else 12]:
+        print(f"  {lines:4d} {code:4d} {name}")
 
 
 if __name__ == "__main__":
