@@ -1,4 +1,5 @@
-"""Tiny models, batches and plain-torch references shared by the distillation tests (lab and toolkit).
+"""Batches, a tokenizer and plain-torch references shared by the distillation tests (lab and toolkit); their models
+come from the test factory (tests/models.py, `small`).
 
 Models are built from configs with dropout off, so every forward pass is deterministic; the
 tokenizer is built from a vocab file written by `make_tokenizer` (no hub).
@@ -8,14 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import (
-    BertConfig,
-    BertForMaskedLM,
     BertTokenizerFast,
     DataCollatorForLanguageModeling,
-    DistilBertConfig,
-    DistilBertForMaskedLM,
-    LlamaConfig,
-    LlamaForCausalLM,
 )
 
 WORDS = "the a cat dog bird sat ran flew on over under mat log tree far away and then home".split()
@@ -36,34 +31,6 @@ def make_tokenizer(folder: Path) -> BertTokenizerFast:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ed"]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     return BertTokenizerFast.from_pretrained(str(folder))
-
-
-def tiny_bert(vocab_size, hidden=16, layers=2, heads=2, seed=0):
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=2 * hidden, max_position_embeddings=32,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    return BertForMaskedLM(config)
-
-
-def tiny_distilbert(layers=3, seed=0):
-    torch.manual_seed(seed)
-    config = DistilBertConfig(
-        vocab_size=40, dim=16, n_layers=layers, n_heads=2, hidden_dim=32, max_position_embeddings=32,
-        dropout=0.0, attention_dropout=0.0,
-    )
-    return DistilBertForMaskedLM(config)
-
-
-def tiny_llama(layers=3, seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=40, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=32, max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(config)
 
 
 def mlm_batches(tokenizer, texts, batch_size, seed=0):

@@ -9,8 +9,18 @@ from nbclient.exceptions import CellExecutionError
 ROOT = Path(__file__).resolve().parent.parent
 # The student's three files, then the toolkit package beside them: the modules a notebook may import from.
 LAB_MODULES = ("quantization", "pruning", "distillation")
-TOOLKIT_MODULES = tuple(sorted(f"toolkit.{path.stem}" for path in (ROOT / "toolkit").glob("*.py")
-                               if not path.stem.startswith("_")))
+
+
+def _dotted(path: Path) -> str:
+    """toolkit/layers.py -> 'toolkit.layers'; a package's toolkit/evaluation/__init__.py -> 'toolkit.evaluation'."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+# The toolkit's modules, its packages (toolkit.evaluation) and their modules (toolkit.evaluation.scoring).
+TOOLKIT_MODULES = tuple(sorted(
+    _dotted(path) for path in (ROOT / "toolkit").rglob("*.py")
+    if not path.stem.startswith("_") or (path.stem == "__init__" and path.parent.name != "toolkit")))
 NOTEBOOK_MODULES = LAB_MODULES + TOOLKIT_MODULES
 
 
@@ -20,8 +30,10 @@ def code_sources(path: Path) -> list[str]:
 
 
 def module_path(module: str) -> Path:
-    """The source file of a dotted module name of the repository (`toolkit.layers` -> toolkit/layers.py)."""
-    return ROOT / f"{module.replace('.', '/')}.py"
+    """The source file of a dotted module name of the repository (`toolkit.layers` -> toolkit/layers.py,
+    a package `toolkit.evaluation` -> toolkit/evaluation/__init__.py)."""
+    package = ROOT / module.replace(".", "/") / "__init__.py"
+    return package if package.exists() else ROOT / f"{module.replace('.', '/')}.py"
 
 
 def public_names(module: str) -> set[str]:

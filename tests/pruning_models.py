@@ -1,46 +1,13 @@
-"""Tiny models and plain-torch references shared by the pruning tests (lab and toolkit).
-
-Models are built from configs (no hub) and put in eval mode, so their logits are deterministic.
+"""Plain-torch references shared by the pruning tests (lab and toolkit), with the tiny models of the test
+factory (tests/models.py) re-exported under the names these tests use.
 """
 import torch
 from torch import nn
 from torch.nn.utils import prune
-from transformers import (
-    BertConfig,
-    BertForMaskedLM,
-    DistilBertConfig,
-    DistilBertForMaskedLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+
+from models import tiny_bert, tiny_distilbert, tiny_llama, toy  # noqa: F401 (the test factory, re-exported)
 
 HIDDEN, HEADS, HEAD_SIZE, WIDTH, LAYERS = 32, 4, 8, 40, 2
-
-
-def tiny_bert(seed: int = 0) -> BertForMaskedLM:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=99, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=WIDTH, max_position_embeddings=32,
-    )
-    return BertForMaskedLM(config).eval()
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=99, hidden_size=HIDDEN, intermediate_size=48, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def tiny_distilbert(seed: int = 0) -> DistilBertForMaskedLM:
-    torch.manual_seed(seed)
-    config = DistilBertConfig(
-        vocab_size=99, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=WIDTH, max_position_embeddings=32
-    )
-    return DistilBertForMaskedLM(config).eval()
 
 
 def batch() -> dict[str, torch.Tensor]:
@@ -79,5 +46,5 @@ def assert_same_state(a: nn.Module, b: nn.Module) -> None:
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(13, 11), nn.ReLU(), nn.Linear(11, 7), nn.ReLU(), nn.Linear(7, 3))
+    """13 -> 11 -> 7 -> 3 with ReLUs (`models.toy`)."""
+    return toy(13, 11, 7, 3, seed=seed)

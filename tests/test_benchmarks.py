@@ -15,14 +15,6 @@ from quantization import int8_matmul_path, mixed_precision_forward
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def finite(table: common.Table, columns) -> bool:
     return all(math.isfinite(row[c]) for row in table.rows for c in columns)
 

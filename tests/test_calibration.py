@@ -3,21 +3,15 @@ import pytest
 import torch
 from torch import nn
 
-from toolkit.calibration import as_batches, calibration_batches, collect_linear_inputs, is_statistics
+from models import hook_count, toy
+from toolkit.calibration import as_batches, calibration_batches, check_statistics, collect_linear_inputs, is_statistics
 from toolkit.evaluation import tiny_model, tiny_tokenizer
 
 
-def _toy(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-
-
-def _hook_count(model: nn.Module) -> int:
-    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
 
 
 def test_statistics_match_direct_computation():
-    model = _toy()
+    model = toy(8, 16, 4)
     batches = [torch.randn(3, 5, 8) for _ in range(4)]
     stats = collect_linear_inputs(model, batches, progress=False)
     x = torch.cat([b.reshape(-1, 8) for b in batches]).double()
@@ -28,11 +22,11 @@ def test_statistics_match_direct_computation():
     torch.testing.assert_close(stats["0"].mean_abs, x.abs().mean(0).float())
     hidden = torch.relu(model[0](x.float())).double()
     torch.testing.assert_close(stats["2"].sum_squares, hidden.pow(2).sum(0), rtol=1e-5, atol=1e-6)
-    assert stats["0"].sample is None and _hook_count(model) == 0
+    assert stats["0"].sample is None and hook_count(model) == 0
 
 
 def test_sample_is_capped_and_made_of_real_rows():
-    model = _toy()
+    model = toy(8, 16, 4)
     batches = [torch.randn(10, 8) for _ in range(5)]
     stats = collect_linear_inputs(model, batches, layers=["0"], sample=True, sample_rows=7, progress=False)
     sample = stats["0"].sample
@@ -46,7 +40,7 @@ def test_sample_keeps_the_rows_of_the_largest_keys_over_all_batches():
     # The reservoir keeps the sample_rows rows of largest uniform key among every row seen, whatever the
     # batching: the same keys (one torch.rand per batch, seed 0) select the same rows from the joined input.
     batches = [torch.randn(n, 8, generator=torch.Generator().manual_seed(n)) for n in (3, 12, 5, 9)]
-    stats = collect_linear_inputs(_toy(), batches, layers=["0"], sample=True, sample_rows=6, progress=False)
+    stats = collect_linear_inputs(toy(8, 16, 4), batches, layers=["0"], sample=True, sample_rows=6, progress=False)
     generator = torch.Generator().manual_seed(0)
     keys = torch.cat([torch.rand(len(batch), generator=generator) for batch in batches])
     expected = torch.cat(batches)[torch.topk(keys, 6).indices.sort().values]
@@ -58,7 +52,7 @@ def test_an_empty_dict_is_neither_statistics_nor_a_batch():
     with pytest.raises(ValueError, match="empty dict"):
         as_batches({})
     with pytest.raises(ValueError, match="empty dict"):
-        collect_linear_inputs(_toy(), {}, progress=False)
+        collect_linear_inputs(toy(8, 16, 4), {}, progress=False)
 
 
 def test_attention_mask_excludes_padding_and_dict_batches():
@@ -71,10 +65,10 @@ def test_attention_mask_excludes_padding_and_dict_batches():
 
 
 def test_hooks_removed_and_mode_restored_on_error():
-    model = _toy().train()
+    model = toy(8, 16, 4).train()
     with pytest.raises(TypeError, match="calibration batch"):
         collect_linear_inputs(model, [torch.randn(2, 8), "not a batch"], progress=False)
-    assert _hook_count(model) == 0 and model.training
+    assert hook_count(model) == 0 and model.training
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -85,12 +79,12 @@ def test_hooks_removed_and_mode_restored_on_error():
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        collect_linear_inputs(_toy(), [torch.randn(2, 8)], progress=False, **kwargs)
+        collect_linear_inputs(toy(8, 16, 4), [torch.randn(2, 8)], progress=False, **kwargs)
 
 
 def test_no_batch_is_an_error():
     with pytest.raises(ValueError, match="empty"):
-        collect_linear_inputs(_toy(), [], progress=False)
+        collect_linear_inputs(toy(8, 16, 4), [], progress=False)
 
 
 def test_calibration_batches_shapes():
@@ -140,3 +134,44 @@ def test_one_tensor_or_one_dict_is_one_batch():
     assert one_sequence.tokens == ids.shape[1]
     assert is_statistics({name: as_list}) and not is_statistics(dict(batch)) and not is_statistics({})
     assert len(as_batches([ids[0], ids])) == 2 and as_batches(ids[0])[0].shape == (1, ids.shape[1])
+
+
+# ---------------------------------------------------------------------------
+# Edges: calibration that holds no token, a bare string, statistics that do not fit
+
+def test_zero_rows_or_zero_length_batches_are_refused_before_the_model_runs():
+    model, _ = tiny_model("causal", num_layers=1)
+    for empty in (torch.zeros(0, 8, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long),
+                  {"input_ids": torch.zeros(1, 0, dtype=torch.long), "attention_mask": torch.zeros(1, 0)}):
+        with pytest.raises(ValueError, match="no token"):
+            collect_linear_inputs(model, [empty], progress=False)
+
+
+def test_all_padding_calibration_is_refused():
+    model, _ = tiny_model("masked", num_layers=1)
+    batch = {"input_ids": torch.randint(5, 100, (2, 6)), "attention_mask": torch.zeros(2, 6, dtype=torch.long)}
+    with pytest.raises(ValueError, match="no token"):
+        collect_linear_inputs(model, [batch], progress=False)
+
+
+def test_calibration_batches_refuses_a_bare_string():
+    with pytest.raises(TypeError, match="one string"):
+        calibration_batches(tiny_tokenizer(), "a single text, joined letter by letter otherwise", seq_len=4)
+    with pytest.raises(TypeError, match="strings"):
+        calibration_batches(tiny_tokenizer(), ["a text", 3], seq_len=4)
+
+
+def test_check_statistics_refuses_missing_other_width_and_empty_statistics():
+    model = toy(8, 16, 4)
+    stats = collect_linear_inputs(model, [torch.randn(3, 8)], progress=False)
+    layers = {"0": model[0], "2": model[2]}
+    check_statistics(stats, layers)  # fits
+    with pytest.raises(ValueError, match="row sample"):
+        check_statistics(stats, layers, sample=True)
+    with pytest.raises(ValueError, match="lack statistics"):
+        check_statistics({"0": stats["0"]}, layers)
+    with pytest.raises(ValueError, match=r"do not fit the model.*2 \(16 != 12\)"):
+        check_statistics(stats, {"0": model[0], "2": nn.Linear(12, 4)})
+    stats["2"].tokens = 0
+    with pytest.raises(ValueError, match="saw no token at \\['2'\\]"):
+        check_statistics(stats, layers)

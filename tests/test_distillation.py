@@ -12,7 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distillation import compute_distillation_loss, distill_model, distillation_objective
-from distillation_models import TEXTS, make_tokenizer, mlm_batches, reference_loss, states_equal, tiny_bert, tiny_llama
+from distillation_models import TEXTS, make_tokenizer, mlm_batches, reference_loss, states_equal
+from models import small
 
 EPS32 = 2.0**-24  # unit roundoff of float32
 
@@ -312,8 +313,8 @@ def test_objective_rejects_bad_labels():
 
 
 def test_distill_model_on_masked_lm_dict_batches(tokenizer):
-    teacher = tiny_bert(len(tokenizer), seed=0)
-    student = tiny_bert(len(tokenizer), layers=1, seed=1)
+    teacher = small("bert", 0, vocab_size=len(tokenizer))
+    student = small("bert", 1, vocab_size=len(tokenizer), num_hidden_layers=1)
     batch = mlm_batches(tokenizer, TEXTS[:4], batch_size=4)[0]
     assert (batch["labels"] == -100).any() and (batch["attention_mask"] == 0).any()
     with torch.no_grad():
@@ -329,7 +330,7 @@ def test_distill_model_on_masked_lm_dict_batches(tokenizer):
 
 
 def test_distill_model_shifts_labels_for_causal_lm():
-    teacher, student = tiny_llama(layers=2, seed=0), tiny_llama(layers=1, seed=1)
+    teacher, student = small("llama", 0, num_hidden_layers=2), small("llama", 1, num_hidden_layers=1)
     torch.manual_seed(7)
     input_ids = torch.randint(0, 40, (2, 6))
     attention_mask = torch.ones_like(input_ids)

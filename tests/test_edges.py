@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
+from models import tiny_bert, tiny_llama
 from distillation import compute_distillation_loss, distillation_objective
 from quantization import FORMATS, QuantizedVector
 from toolkit.evaluation import parameter_count, perplexity, tiny_tokenizer
@@ -19,11 +19,10 @@ from toolkit.packing import pack_bits, unpack_bits
 from toolkit.shrink import remove_attention_heads
 
 
-def tiny_bert(max_positions: int = 32) -> BertForMaskedLM:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tiny_tokenizer()), hidden_size=16, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=max_positions)
-    return BertForMaskedLM(config).eval()
+def small_bert(max_positions: int = 32) -> nn.Module:
+    """A BERT on the smoke tokenizer's vocabulary, from the test factory."""
+    return tiny_bert(vocab_size=len(tiny_tokenizer()), hidden_size=16, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=max_positions)
 
 
 # ---------------------------------------------------------------------------
@@ -126,7 +125,7 @@ def test_layer_under_two_names_becomes_one_quantized_layer():
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_parameter_count_is_unchanged_by_quantize_model(fmt):
-    model = tiny_bert()
+    model = small_bert()
     before = parameter_count(model)
     assert before == sum(p.numel() for p in model.parameters())
     assert parameter_count(quantize_model(copy.deepcopy(model), fmt, verbose=False)) == before
@@ -217,15 +216,13 @@ def test_objective_refuses_labels_that_are_not_class_indices(labels):
 
 def test_masked_perplexity_refuses_max_length_beyond_positions():
     with pytest.raises(ValueError, match=r"max_length=128 exceeds the model's 32 positions"):
-        perplexity(tiny_bert(max_positions=32), tiny_tokenizer(), ["a short text"], progress=False)
+        perplexity(small_bert(max_positions=32), tiny_tokenizer(), ["a short text"], progress=False)
 
 
 def test_causal_perplexity_refuses_max_length_beyond_positions():
     tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2,
-                                         max_position_embeddings=16)).eval()
+    model = tiny_llama(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, max_position_embeddings=16)
     with pytest.raises(ValueError, match=r"max_length=32 exceeds the model's 16 positions"):
         perplexity(model, tokenizer, ["a short text " * 20], max_length=32, progress=False)
     assert math.isfinite(perplexity(model, tokenizer, ["a short text " * 20], max_length=16, progress=False))
@@ -236,9 +233,8 @@ def test_causal_perplexity_refuses_max_length_beyond_positions():
 
 def test_causal_perplexity_of_whitespace_only_texts_has_no_token_to_score():
     tokenizer = tiny_tokenizer()
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2,
-                                         max_position_embeddings=64)).eval()
+    model = tiny_llama(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, max_position_embeddings=64)
     with pytest.raises(ValueError, match="the texts hold no token to score"):
         perplexity(model, tokenizer, ["   ", ""], max_length=32, progress=False)
 
@@ -283,6 +279,6 @@ def test_unpack_bits_refuses_packed_that_is_not_1d_uint8(packed):
 # 14. remove_attention_heads with a list
 
 def test_remove_attention_heads_with_a_list_asks_for_a_mapping():
-    model = tiny_bert()
+    model = small_bert()
     with pytest.raises(TypeError, match=r"heads must be a mapping \{block name: head indices\}.*got list"):
         remove_attention_heads(model, [0, 1])

@@ -17,16 +17,10 @@ from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassifica
                           LlamaForCausalLM)
 
 import toolkit.evaluation as ev
+from models import tiny, tiny_bert
+from toolkit.evaluation.footprint import _view_key
 
 MB = 2**20
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -329,10 +323,8 @@ def test_accuracy_of_a_known_classifier_is_exact(tokenizer, batch_size):
 
 
 def test_accuracy_of_a_bert_classifier_matches_one_text_at_a_time(tokenizer, texts):
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, num_labels=3)).eval()
+    model = tiny("bert-classifier", vocab_size=len(tokenizer), num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=64, num_labels=3)
     with torch.inference_mode():  # unpadded, one by one, truncated to 32 tokens
         predicted = [int(model(**tokenizer(text, truncation=True, max_length=32, return_tensors="pt")).logits.argmax())
                      for text in texts]
@@ -381,8 +373,8 @@ def test_tied_and_shared_tensors_are_counted_once():
     shared = nn.Sequential(nn.Linear(10, 10, bias=False), nn.Linear(10, 10, bias=False))
     shared[1].weight = nn.Parameter(shared[0].weight.data)  # another Parameter on the same memory
     assert ev.model_size_mb(shared) * MB == 100 * 4
-    bert = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=16, max_position_embeddings=16))
+    bert = tiny_bert(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=16, max_position_embeddings=16)
     assert bert.cls.predictions.decoder.weight is bert.bert.embeddings.word_embeddings.weight
     params = {id(p): p for p in bert.parameters()}.values()
     buffers = list(bert.buffers())
@@ -429,8 +421,8 @@ def test_parameter_count_counts_every_weight_once_whatever_its_storage():
     shared = nn.Sequential(nn.Linear(10, 10, bias=False), nn.Linear(10, 10, bias=False))
     shared[1].weight = nn.Parameter(shared[0].weight.data)  # another Parameter on the same memory
     assert ev.parameter_count(shared) == 100
-    bert = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=16, max_position_embeddings=16))
+    bert = tiny_bert(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=16, max_position_embeddings=16)
     assert ev.parameter_count(bert) == bert.num_parameters() == sum(p.numel() for p in bert.parameters())
     with pytest.raises(TypeError, match="expected an nn.Module, got OrderedDict"):
         ev.parameter_count(bert.state_dict())
@@ -511,9 +503,9 @@ def test_serialized_size_is_the_tensors_plus_a_small_header():
     # 8-byte length, then JSON entries {"weight":{"dtype":"F32","shape":[20,10],"data_offsets":[0,800]}}
     # of under 80 characters each, padded to a multiple of 8
     assert 8 < header <= 8 + 2 * 80
-    bert = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=16, max_position_embeddings=16))
-    tensors = len({ev._view_key(t) for t in bert.state_dict().values()})  # tied decoder weight once
+    bert = tiny_bert(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=16, max_position_embeddings=16)
+    tensors = len({_view_key(t) for t in bert.state_dict().values()})  # tied decoder weight once
     header = (ev.serialized_size_mb(bert) - ev.model_size_mb(bert)) * MB
     assert 8 < header <= 8 + tensors * (80 + 64)  # names of under 64 characters
 

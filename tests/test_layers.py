@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
 from int8_reference import EPS32, reference_absmax
+from models import tiny_bert, tiny_llama
 from quantization import FORMATS
 from toolkit.layers import QuantizedLinear, is_skipped, linear_targets, quantize_model
 
@@ -200,20 +200,9 @@ def test_quantized_linear_rejects_bad_arguments():
 # quantize_model on tiny Hugging Face models
 # ---------------------------------------------------------------------------
 
-def tiny_bert() -> BertForMaskedLM:
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32)
-    return BertForMaskedLM(config).eval()
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(config).eval()
-
-
 # (builder, layers replaced by default, the head kept in float)
-MODELS = {"bert": (tiny_bert, 13, "cls.predictions.decoder"), "llama": (tiny_llama, 14, "lm_head")}
+MODELS = {"bert": (lambda: tiny_bert(vocab_size=100, intermediate_size=64), 13, "cls.predictions.decoder"),
+          "llama": (lambda: tiny_llama(vocab_size=100, intermediate_size=64, max_position_embeddings=64), 14, "lm_head")}
 
 
 @pytest.fixture(scope="module")

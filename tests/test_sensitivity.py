@@ -105,3 +105,12 @@ def test_bad_arguments(kwargs, message):
     model, tokenizer = tiny_model("causal", num_layers=1)
     with pytest.raises(ValueError, match=message):
         sensitivity_scan(model, tokenizer, ["some text"], progress=False, **kwargs)
+
+
+def test_layer_kind_names_no_cross_attention_layer_after_a_self_attention_or_ffn_kind():
+    assert layer_kind("bert.encoder.layer.3.output.dense") == "ffn out"
+    assert layer_kind("bert.encoder.layer.3.intermediate.dense") == "ffn in"
+    assert layer_kind("bert.encoder.layer.3.attention.output.dense") == "attention output"
+    for cross in ("bert.encoder.layer.3.crossattention.output.dense", "bert.encoder.layer.3.crossattention.self.query",
+                  "bert.encoder.layer.3.crossattention.self.value"):
+        assert layer_kind(cross) is None, cross

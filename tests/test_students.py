@@ -19,10 +19,8 @@ from distillation_models import (
     make_tokenizer,
     mlm_batches,
     states_equal,
-    tiny_bert,
-    tiny_distilbert,
-    tiny_llama,
 )
+from models import small
 from toolkit.students import (
     DistillationTrainer,
     IntermediateLoss,
@@ -58,9 +56,9 @@ def test_evenly_spaced_layers():
 
 
 LAYERS = {
-    "bert": (lambda: tiny_bert(40, layers=4), lambda m: m.bert.encoder.layer),
-    "distilbert": (lambda: tiny_distilbert(layers=3), lambda m: m.distilbert.transformer.layer),
-    "llama": (lambda: tiny_llama(layers=3), lambda m: m.model.layers),
+    "bert": (lambda: small("bert", 0, vocab_size=40, num_hidden_layers=4), lambda m: m.bert.encoder.layer),
+    "distilbert": (lambda: small("distilbert", 0, n_layers=3), lambda m: m.distilbert.transformer.layer),
+    "llama": (lambda: small("llama", 0, num_hidden_layers=3), lambda m: m.model.layers),
 }
 
 
@@ -82,7 +80,7 @@ def test_make_student_copies_evenly_spaced_layers(arch):
 
 
 def test_make_student_bert_embeddings_and_head():
-    teacher = tiny_bert(40, layers=4)
+    teacher = small("bert", 0, vocab_size=40, num_hidden_layers=4)
     student = make_student(teacher, 2)
     assert states_equal(student.bert.embeddings, teacher.bert.embeddings)
     assert states_equal(student.cls, teacher.cls)
@@ -100,7 +98,7 @@ def test_make_student_with_all_layers_reproduces_the_teacher(arch):
 
 
 def test_make_student_rejects_bad_arguments():
-    teacher = tiny_bert(40, layers=2)
+    teacher = small("bert", 0, vocab_size=40)
     with pytest.raises(ValueError, match=r"layer count must be in \[1, 2\] .* got 0"):
         make_student(teacher, 0)
     with pytest.raises(ValueError, match=r"layer count must be in \[1, 2\] .* got 3"):
@@ -256,8 +254,9 @@ def test_attention_loss_rejects_bad_arguments():
 # ---------------------------------------------------------------------------
 
 def test_distill_intermediate_hidden_state_loss_decreases(tokenizer):
-    teacher = tiny_bert(len(tokenizer), hidden=16, layers=2, heads=4, seed=0)
-    student = tiny_bert(len(tokenizer), hidden=8, layers=1, heads=2, seed=1)  # narrower: a projection is learned
+    teacher = small("bert", 0, vocab_size=len(tokenizer), num_attention_heads=4)
+    student = small("bert", 1, vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
+                    num_hidden_layers=1)  # narrower: a projection is learned
     teacher_before = copy.deepcopy(teacher)
     batches = mlm_batches(tokenizer, TEXTS, batch_size=4)
     history = []
@@ -274,7 +273,7 @@ def test_distill_intermediate_hidden_state_loss_decreases(tokenizer):
 
 
 def test_distill_intermediate_layer_map_selects_teacher_layers(tokenizer):
-    teacher = tiny_bert(len(tokenizer), layers=2, seed=0)
+    teacher = small("bert", 0, vocab_size=len(tokenizer))
     student = make_student(teacher, 2)  # the teacher's function, layer for layer
     batch = mlm_batches(tokenizer, TEXTS[:4], batch_size=4)
     default, crossed = [], []
@@ -305,7 +304,7 @@ def test_distill_intermediate_rejects_bad_arguments(change, error, match):
 
 
 def test_intermediate_loss_needs_the_layer_outputs_and_a_weight():
-    teacher, student = tiny_bert(40, seed=0), tiny_bert(40, layers=1, seed=1)
+    teacher, student = small("bert", 0, vocab_size=40), small("bert", 1, vocab_size=40, num_hidden_layers=1)
     plain = MaskedLMOutput(logits=torch.zeros(2, 3, 40))  # run without output_hidden_states
     with pytest.raises(ValueError, match="carry no hidden_states: run the model with output_hidden_states=True"):
         IntermediateLoss(teacher, student, hidden_weight=1.0)(plain, plain, {})
@@ -316,7 +315,7 @@ def test_intermediate_loss_needs_the_layer_outputs_and_a_weight():
 
 
 def test_distilling_a_make_student_student_lowers_the_masked_lm_loss(tokenizer):
-    teacher = tiny_bert(len(tokenizer), seed=0)
+    teacher = small("bert", 0, vocab_size=len(tokenizer))
     student = make_student(teacher, 1)
     batches = mlm_batches(tokenizer, TEXTS, batch_size=4)
     _, losses = distill_model(teacher, student, batches, 2.0, 0.5, 4, 1e-2, progress=False)
@@ -328,7 +327,7 @@ def test_distilling_a_make_student_student_lowers_the_masked_lm_loss(tokenizer):
 # ---------------------------------------------------------------------------
 
 def _trainer(tokenizer, tmp_path, student=None, **kwargs):
-    teacher = tiny_bert(len(tokenizer), seed=0)
+    teacher = small("bert", 0, vocab_size=len(tokenizer))
     student = make_student(teacher, 1) if student is None else student
     args = TrainingArguments(
         output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no", num_train_epochs=1,
@@ -343,7 +342,7 @@ def _trainer(tokenizer, tmp_path, student=None, **kwargs):
 
 
 def test_distillation_trainer_runs_one_epoch(tokenizer, tmp_path):
-    narrow = tiny_bert(len(tokenizer), hidden=8, layers=1, heads=2, seed=1)
+    narrow = small("bert", 1, vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1)
     trainer, teacher, student = _trainer(tokenizer, tmp_path, student=narrow, temperature=2.0, alpha=0.5,
                                          hidden_weight=1.0, attention_weight=0.5)
     assert trainer.projection is not None  # widths 8 -> 16

@@ -7,16 +7,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models import hook_count, toy
 from toolkit import wanda
 from toolkit.calibration import collect_linear_inputs
 from toolkit.evaluation import tiny_model, tiny_tokenizer
 from toolkit.wanda import (apply_magnitude_pruning, apply_wanda_pruning, from_nm_state_dict, is_nm_sparse,
                            nm_mask, parse_pattern, to_nm_state_dict, to_semi_structured)
 
-
-def _toy(seed=0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
 
 
 def _batches(seed=0, n=3, width=64):
@@ -26,7 +23,7 @@ def _batches(seed=0, n=3, width=64):
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77, 1.0])
 def test_unstructured_exact_count_per_row(sparsity):
-    model = apply_wanda_pruning(_toy(), _batches(), sparsity, progress=False, skip=())
+    model = apply_wanda_pruning(toy(64, 32, 16), _batches(), sparsity, progress=False, skip=())
     for layer in (model[0], model[2]):
         zeros = (layer.weight == 0).sum(dim=1)
         assert (zeros == round(sparsity * layer.in_features)).all()
@@ -34,7 +31,7 @@ def test_unstructured_exact_count_per_row(sparsity):
 
 @pytest.mark.parametrize("prune", ["wanda", "magnitude"])
 def test_two_four_exact_pattern(prune):
-    model = _toy()
+    model = toy(64, 32, 16)
     if prune == "wanda":
         apply_wanda_pruning(model, _batches(), None, "2:4", progress=False, skip=())
     else:
@@ -46,7 +43,7 @@ def test_two_four_exact_pattern(prune):
 
 
 def test_wanda_scores_weight_times_input_norm():
-    model = _toy()
+    model = toy(64, 32, 16)
     batches = _batches()
     norms = collect_linear_inputs(model, batches, progress=False)["0"].norm
     expected = (model[0].weight.abs() * norms).clone()
@@ -140,14 +137,14 @@ def test_nm_checkpoint_of_tied_bert_saves_and_reloads_bit_identical(tmp_path):
 
 
 def test_nm_checkpoint_missing_a_weight_is_refused():
-    model = apply_magnitude_pruning(_toy(), None, "2:4", skip=())
+    model = apply_magnitude_pruning(toy(64, 32, 16), None, "2:4", skip=())
     compact = to_nm_state_dict(model)
     del compact["2.bias"]
     with pytest.raises(ValueError, match=r"missing \['2.bias'\]"):
-        from_nm_state_dict(_toy(1), compact)
+        from_nm_state_dict(toy(64, 32, 16, seed=1), compact)
     del compact["0.weight.nm_index"]
     with pytest.raises(ValueError, match="N:M entry '0.weight' needs '0.weight.nm_index' and '0.weight.nm_shape'"):
-        from_nm_state_dict(_toy(1), compact)
+        from_nm_state_dict(toy(64, 32, 16, seed=1), compact)
 
 
 class _Classifier(nn.Module):
@@ -188,7 +185,15 @@ def test_a_string_skip_is_one_name(prune):
 ])
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
-        call(_toy())
+        call(toy(64, 32, 16))
+
+
+@pytest.mark.parametrize("sparsity", ["0.5", True, [0.5]])
+def test_a_sparsity_that_is_not_a_number_raises_type_error_as_in_the_lab(sparsity):
+    with pytest.raises(TypeError, match="real number"):
+        apply_magnitude_pruning(toy(64, 32, 16), sparsity, skip=())
+    with pytest.raises(TypeError, match="real number"):
+        apply_wanda_pruning(toy(64, 32, 16), _batches(), sparsity, skip=())
 
 
 def test_wanda_checks_pattern_before_calibrating():
@@ -201,7 +206,7 @@ def test_masks_and_cpu_semi_structured_guard():
     assert parse_pattern("2:4") == (2, 4)
     keep = nm_mask(torch.tensor([[1.0, 4.0, 3.0, 2.0, 0.0, -1.0, 5.0, 6.0]]), 2, 4)
     assert keep.tolist() == [[False, True, True, False, False, False, True, True]]
-    model = apply_magnitude_pruning(_toy(), None, "2:4", skip=())
+    model = apply_magnitude_pruning(toy(64, 32, 16), None, "2:4", skip=())
     if not torch.cuda.is_available():
         assert to_semi_structured(model, skip=()) == []
 
@@ -255,10 +260,6 @@ def _lm_batches() -> list:
                        return_tensors="pt")
     assert (padded["attention_mask"] == 0).any()
     return [dict(padded), torch.randint(5, 1000, (2, 12), generator=torch.Generator().manual_seed(0))]
-
-
-def _hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
 
 
 @pytest.mark.parametrize("kind", ["masked", "causal"])
@@ -326,7 +327,7 @@ def test_find_blocks():
     assert wanda.find_blocks(tiny_model("masked", num_layers=1)[0], ["bert.encoder.layer.0.output.dense"])[0] \
         == "bert.encoder.layer"
     assert wanda.find_blocks(tiny_model("causal", num_layers=1)[0], ["model.layers.0.mlp.up_proj"])[0] == "model.layers"
-    assert wanda.find_blocks(_toy(), ["0", "2"]) is None
+    assert wanda.find_blocks(toy(64, 32, 16), ["0", "2"]) is None
     experts = nn.Module()
     experts.layers = nn.ModuleList([nn.Module() for _ in range(2)])
     for layer in experts.layers:  # a list of 3 expert MLPs inside each of 2 blocks: the blocks win
@@ -340,7 +341,7 @@ def test_find_blocks():
 def test_sequential_removes_hooks_and_restores_train_mode(failure, monkeypatch):
     model, _ = tiny_model("causal", num_layers=2)
     model.train()
-    hooks = _hooks(model)
+    hooks = hook_count(model)
     batches = _lm_batches()
     if failure == "bad batch":
         batches.append("not a batch")
@@ -354,10 +355,38 @@ def test_sequential_removes_hooks_and_restores_train_mode(failure, monkeypatch):
     else:
         with pytest.raises((TypeError, RuntimeError)):
             apply_wanda_pruning(model, batches, 0.5, progress=False)
-    assert _hooks(model) == hooks
+    assert hook_count(model) == hooks
     assert all(module.training for module in model.modules())
 
 
 def test_sequential_needs_a_batch():
     with pytest.raises(ValueError, match="empty"):
         apply_wanda_pruning(_stack(), [], 0.5, progress=False)
+
+
+# ---------------------------------------------------------------------------
+# Edges: calibration without a token, statistics that no longer fit the model
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_calibration_without_a_token_prunes_nothing(sequential):
+    model, _ = tiny_model("masked", num_layers=2)
+    before = copy.deepcopy(model.state_dict())
+    padding = {"input_ids": torch.randint(5, 1000, (2, 8)), "attention_mask": torch.zeros(2, 8, dtype=torch.long)}
+    for calibration in ([padding], [torch.zeros(2, 0, dtype=torch.long)]):
+        with pytest.raises(ValueError, match="no token"):
+            apply_wanda_pruning(model, calibration, 0.5, sequential=sequential, progress=False)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_statistics_taken_before_shrinking_are_refused_before_any_weight_changes():
+    from toolkit.shrink import prune_ffn_neurons
+
+    model, _ = tiny_model("masked", num_layers=2)
+    stats = collect_linear_inputs(model, [torch.randint(5, 1000, (2, 16))], progress=False)
+    prune_ffn_neurons(model, 0.5)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"do not fit the model.*output.dense \(256 != 128\)"):
+        apply_wanda_pruning(model, stats, 0.5, progress=False)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name

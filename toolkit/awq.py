@@ -33,7 +33,10 @@ in exact arithmetic. Here:
   1, 0.95, ..., 0.55 by the group's output error (as AWQ's clipping search, which leaves the
   query and key projections unclipped).
 
-It does not quantize (quantize_model does, with the returned clipping ratios), update weights by
+- `awq_quantize` is the entry point: the search above, then `toolkit.layers.quantize_model(model, "int4",
+  clip_ratios=...)` with the ratios it found.
+
+It does not update weights by
 second-order information (GPTQ), search scales layer after layer on the already quantized model's
 activations (every statistic comes from one pass over the float model), or quantize activations.
 """
@@ -47,9 +50,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from toolkit.calibration import SAMPLE_ROWS, LinearInputStats, collect_linear_inputs, is_statistics
-from toolkit.int4 import int4_dequantize, int4_quantize
-from toolkit.shrink import submodule_at
+from toolkit.calibration import SAMPLE_ROWS, LinearInputStats, check_statistics, collect_linear_inputs, is_statistics
+from toolkit.int4 import check_group_size, int4_dequantize, int4_quantize
+from toolkit.layers import quantizable_layers, quantize_model
+from toolkit.targets import submodule_at
 
 ALPHA_GRID = tuple(i / 20 for i in range(20))  # AWQ's grid: 20 points in [0, 1)
 CLIP_GRID = tuple(1 - i / 20 for i in range(10))  # AWQ's clipping: max shrink 0.5, 20-step grid
@@ -268,18 +272,17 @@ def activation_aware_search(
         `unscaled_blocks(model)`: the blocks left at s = 1 by their norm class, with the reason).
 
     Raises:
-        ValueError: precomputed statistics without a sample for a layer to quantize.
+        ValueError: statistics that do not fit the layers (`toolkit.calibration.check_statistics`: missing,
+            without a sample, of another width, or no token seen), before any weight changes.
     """
     targets = list(layers)
+    linears = {name: model.get_submodule(name) for name in targets}
     if is_statistics(calibration):
         stats = calibration
-        missing = [name for name in targets if name not in stats or stats[name].sample is None]
-        if missing:
-            raise ValueError(f"the calibration statistics lack a row sample for {missing[:3]}...: collect them with "
-                             "collect_linear_inputs(..., sample=True), or pass the batches")
     else:
         stats = collect_linear_inputs(model, calibration, layers=targets, sample=True, sample_rows=sample_rows,
                                       progress=progress)
+    check_statistics(stats, linears, sample=True)
     groups = [g for g in scale_groups(model) if set(g.layers) <= set(targets)]
     input_scale: dict[str, torch.Tensor] = {}
     report, chosen = [], []
@@ -306,3 +309,43 @@ def activation_aware_search(
             ratio = search_clip(x, layer.weight.detach().float().cpu(), group_size)
             clip_ratios[name] = ratio.to(layer.weight.device)
     return clip_ratios, report, unscaled_blocks(model)
+
+
+def awq_quantize(
+    model: nn.Module,
+    calibration: Iterable | Mapping[str, LinearInputStats],
+    group_size: int = 64,
+    skip: str | Iterable[str] | None = None,
+    *,
+    clip: bool = True,
+    verbose: bool = True,
+) -> nn.Module:
+    """Activation-aware int4: fold the searched scales into `model`, then quantize it with the clipping found.
+
+    Every check runs before a weight changes: the group size against every layer to quantize, and the
+    calibration statistics against those layers (`toolkit.calibration.check_statistics`).
+
+    Args:
+        model: a float model, changed in place.
+        calibration: calibration batches or `collect_linear_inputs(..., sample=True)` statistics.
+        group_size: int4 group size, a divisor of every quantized layer's in_features.
+        skip: as `toolkit.layers.quantize_model` (None keeps the output head in float).
+        clip: also search per-group clipping ratios.
+        verbose: progress bars and `quantize_model`'s summary line.
+
+    Returns:
+        `model`, its linear layers int4 `QuantizedLinear`; `model.quantization_report` is
+        `quantize_model`'s with 'activation_aware' True, 'scaled' (one dict per folded group, see
+        `activation_aware_search`) and 'unscaled' ({block: why its layers keep s = 1}).
+
+    Raises:
+        ValueError: as `quantize_model` and `activation_aware_search`.
+    """
+    targets = quantizable_layers(model, skip)
+    for name in targets:
+        check_group_size(model.get_submodule(name).in_features, group_size)
+    clip_ratios, scaled, unscaled = activation_aware_search(model, calibration, targets, group_size, clip=clip,
+                                                            progress=verbose)
+    quantize_model(model, "int4", skip=skip, verbose=verbose, group_size=group_size, clip_ratios=clip_ratios)
+    model.quantization_report.update(activation_aware=True, scaled=scaled, unscaled=unscaled)
+    return model

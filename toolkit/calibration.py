@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from toolkit.targets import model_device
+
 Batch = torch.Tensor | Mapping[str, torch.Tensor]
 SAMPLE_ROWS = 512  # default cap of the row samples (AWQ samples 512 tokens for its clipping search)
 
@@ -127,17 +129,40 @@ def _check_linear_names(model: nn.Module, names: Iterable[str] | None) -> dict[s
     return {name: linears[name] for name in names}
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def is_statistics(calibration: object) -> bool:
     """Whether `calibration` is the dict `collect_linear_inputs` returned (not batches to run)."""
     return (isinstance(calibration, Mapping) and len(calibration) > 0
             and all(isinstance(value, LinearInputStats) for value in calibration.values()))
+
+
+def check_statistics(stats: Mapping[str, LinearInputStats], layers: Mapping[str, nn.Linear], *,
+                     sample: bool = False) -> None:
+    """Refuse statistics that do not fit `layers`, before a method changes any weight.
+
+    Args:
+        stats: from `collect_linear_inputs`.
+        layers: the layers a method is about to change, by name.
+        sample: whether each layer also needs a row sample.
+
+    Raises:
+        ValueError: a layer without statistics (or without a sample when `sample`), statistics of
+            another width than the layer's in_features (e.g. gathered before the model was shrunk),
+            or statistics that saw no token (an all-padding calibration set).
+    """
+    missing = [name for name in layers if name not in stats or (sample and stats[name].sample is None)]
+    if missing:
+        what = "a row sample" if sample else "statistics"
+        raise ValueError(f"the calibration statistics lack {what} for {missing[:3]}: collect them for every layer "
+                         f"changed{' with collect_linear_inputs(..., sample=True)' if sample else ''}, or pass batches")
+    wrong = [f"{name} ({stats[name].in_features} != {layer.in_features})" for name, layer in layers.items()
+             if stats[name].in_features != layer.in_features]
+    if wrong:
+        raise ValueError(f"the calibration statistics do not fit the model (statistics width != in_features): "
+                         f"{wrong[:3]}; collect them again on the model as it is now")
+    empty = [name for name in layers if stats[name].tokens == 0]
+    if empty:
+        raise ValueError(f"the calibration saw no token at {empty[:3]}: every position was padding "
+                         "(attention_mask all zero) or the layer never ran")
 
 
 def as_batches(calibration: Batch | Iterable[Batch]) -> list[Batch]:
@@ -176,13 +201,17 @@ def batch_inputs(batch: Batch, device: torch.device) -> tuple[tuple, dict]:
     Raises:
         TypeError: a batch that is neither a tensor nor a mapping.
     """
+    if not isinstance(batch, (torch.Tensor, Mapping)):
+        raise TypeError(f"a calibration batch must be a tensor of input ids or a dict of model inputs, "
+                        f"got {type(batch).__name__}")
+    ids = batch if isinstance(batch, torch.Tensor) else batch.get("input_ids", batch.get("inputs_embeds"))
+    if isinstance(ids, torch.Tensor) and ids.numel() == 0:
+        raise ValueError(f"a calibration batch holds no token (shape {tuple(ids.shape)}): "
+                         "every batch needs at least one row of at least one token")
     if isinstance(batch, torch.Tensor):
         return (batch.to(device),), {}
-    if isinstance(batch, Mapping):
-        return (), {key: value.to(device) if isinstance(value, torch.Tensor) else value
-                    for key, value in batch.items()}
-    raise TypeError(f"a calibration batch must be a tensor of input ids or a dict of model inputs, "
-                    f"got {type(batch).__name__}")
+    return (), {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                for key, value in batch.items()}
 
 
 @contextmanager
@@ -259,7 +288,8 @@ def collect_linear_inputs(
 
     Raises:
         ValueError: a name that is not an `nn.Linear` of the model, no layer to watch, a bad
-            `sample_rows`, or no batch at all.
+            `sample_rows`, no batch at all, a batch of zero rows or zero length, or no token at all
+            (every attention mask all zero).
         TypeError: a batch that is neither a tensor nor a mapping.
     """
     watched = _check_linear_names(model, layers)
@@ -286,6 +316,8 @@ def collect_linear_inputs(
         model.train(was_training)
     if seen == 0:
         raise ValueError("batches is empty: calibration needs at least one batch")
+    if not any(layer.tokens for layer in stats.values()):
+        raise ValueError("the calibration batches hold no token: every attention_mask is all zero")
     return stats
 
 
@@ -318,7 +350,13 @@ def calibration_batches(
 
     Raises:
         ValueError: bad sizes or kind, or texts too short for one window.
+        TypeError: `texts` is a single string (wrap it in a list) or holds something else than strings.
     """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, not one string (wrap a single text in a list)")
+    texts = list(texts)
+    if not all(isinstance(text, str) for text in texts):
+        raise TypeError("texts must be a sequence of strings")
     for label, value, low in (("n_samples", n_samples, 1), ("seq_len", seq_len, 3), ("batch_size", batch_size, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{label} must be an int >= {low}, got {value!r}")

@@ -70,14 +70,21 @@ def int4_quantize(
         zero uint8 (out, in // group_size)).
 
     Raises:
-        ValueError: `weight` is not 2-d, `group_size` is not a positive divisor of in_features, or
-            `clip_ratio` has another shape or a value outside (0, 1].
+        ValueError: `weight` is not 2-d or not floating, holds NaN or inf (or values float32 cannot hold),
+            has a group whose range needs a scale beyond float16 (max - min > 15 * 65504, about 9.8e5),
+            `group_size` is not a positive divisor of in_features, or `clip_ratio` has another shape or a
+            value outside (0, 1]. Like `quantization.QuantizedVector`, it refuses rather than returning
+            codes that dequantize to NaN or zero a group.
     """
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-d (out_features, in_features), got shape {tuple(weight.shape)}")
     out_features, in_features = weight.shape
     check_group_size(in_features, group_size)
+    if not weight.is_floating_point():
+        raise ValueError(f"weight must be a floating-point tensor, got dtype {weight.dtype}")
     w = weight.detach().float().view(out_features, in_features // group_size, group_size)
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("weight must contain only finite values (no NaN or inf, nothing beyond float32's range)")
     lo = w.amin(dim=2).clamp(max=0)
     hi = w.amax(dim=2).clamp(min=0)
     if clip_ratio is not None:
@@ -87,6 +94,9 @@ def int4_quantize(
     exact = (hi - lo) / INT4_LEVELS
     scale = exact.half()
     scale = torch.where(scale.float() < exact, torch.nextafter(scale, torch.full_like(scale, math.inf)), scale)
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError(f"a group's range (max - min = {float((hi - lo).max()):.4g}) needs a scale beyond float16's "
+                         f"{torch.finfo(torch.float16).max:g}: rescale the weight or keep the layer in float")
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale, codes = zero
     step = scale.float()
     zero = (-lo / step).round_().clamp_(0, INT4_LEVELS)

@@ -5,9 +5,10 @@
   1-bit packed sign), so `state_dict()` holds the real bytes; int8 computes
   through the lab's `mixed_precision_forward`.
 - `quantize_model`: swaps the `nn.Linear` layers of a model for `QuantizedLinear`.
-- 'int4': group-wise asymmetric 4-bit weights (`toolkit.int4.int4_quantize`), round-to-nearest, or with
-  `quantize_model(..., calibration=batches)` an activation-aware scale and clipping search whose
-  scales are folded into the preceding operation (`toolkit.awq`).
+- 'int4': group-wise asymmetric 4-bit weights (`toolkit.int4.int4_quantize`), round-to-nearest with
+  optional per-group clipping ratios. The activation-aware search that finds them is a method of its
+  own, `toolkit.awq.awq_quantize` (`quantize_model(..., calibration=batches)` is its shortcut).
+- The skip rule and `linear_targets` live in `toolkit.targets` (re-exported here).
 
 It does not train or fine-tune quantized weights (no straight-through
 estimator), nor quantize activations of the 1.58-bit and 1-bit layers (they are
@@ -28,16 +29,16 @@ Guarantees:
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from quantization import FORMATS, check_format, check_threshold, absmax_quantize, mixed_precision_forward
-from toolkit.awq import activation_aware_search
 from toolkit.int4 import check_group_size, int4_dequantize, int4_quantize
 from toolkit.packing import pack_bits, unpack_bits
+from toolkit.targets import DEFAULT_SKIP, is_skipped, linear_targets, skip_names  # noqa: F401 (the skip rule, re-exported)
 
 # ---------------------------------------------------------------------------
 # Beyond the exercises: a quantized layer and a quantized model
@@ -287,66 +288,6 @@ class QuantizedLinear(nn.Module):
                 f"format={self.quantization_format!r}{threshold}, bias={self.bias is not None}")
 
 
-# Linear layers named like these (the last part of the module name) stay in
-# float by default: task heads are small and quantizing them costs the most accuracy.
-DEFAULT_SKIP = ("lm_head", "classifier", "score")
-
-
-def _default_skip(model: nn.Module) -> set[str]:
-    """Names of the output head: the Hugging Face output embeddings plus `DEFAULT_SKIP` names."""
-    skip = set(DEFAULT_SKIP)
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    if head is not None:
-        skip.update(name for name, module in model.named_modules() if module is head)
-    return skip
-
-
-def skip_names(model: nn.Module, skip: str | Iterable[str] | None) -> set[str]:
-    """The names of the layers a compression method keeps in float or dense.
-
-    Args:
-        model: the model the names belong to.
-        skip: None (the output head, `_default_skip`), one name as a string, or an iterable of names.
-
-    Returns:
-        the set of names, each to match a layer's full name or its last part (`is_skipped`).
-    """
-    if skip is None:
-        return _default_skip(model)
-    return {skip} if isinstance(skip, str) else set(skip)
-
-
-def is_skipped(name: str, skip: Collection[str]) -> bool:
-    """Whether module `name` is skipped: `skip` holds its full name ('cls.predictions.decoder') or last part.
-
-    Args:
-        name: a module name as in `model.named_modules()`.
-        skip: names, e.g. from `skip_names`; a single string is one name.
-
-    Returns:
-        True when the layer is skipped.
-    """
-    if isinstance(skip, str):
-        skip = {skip}
-    return name in skip or name.rpartition(".")[2] in skip
-
-
-def linear_targets(model: nn.Module, skip: str | Iterable[str] | None = None) -> dict[str, nn.Linear]:
-    """The `nn.Linear` layers of `model` that a compression method touches: all but the skipped ones.
-
-    Args:
-        model: any module.
-        skip: as `skip_names`: None keeps the output head out, a string is one name, `()` keeps none out.
-
-    Returns:
-        dict from module name to layer, in module order (a layer registered twice, under its first name).
-    """
-    names = skip_names(model, skip)
-    return {name: module for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and not is_skipped(name, names)}
-
-
 def _linear_plan(model: nn.Module, skip: set[str]) -> dict[nn.Linear, tuple[list[str], str | None]]:
     """Every nn.Linear of `model`: all the names it is registered under, and why it stays in
     float (None: it is replaced). Besides `skip`, layers whose `.weight` a parent reads directly,
@@ -368,6 +309,16 @@ def _linear_plan(model: nn.Module, skip: set[str]) -> dict[nn.Linear, tuple[list
     return plan
 
 
+def quantizable_layers(model: nn.Module, skip: str | Iterable[str] | None = None) -> list[str]:
+    """The names of the layers `quantize_model(model, ..., skip=skip)` replaces (a layer registered under
+    several names, under its first), in module order; a method that prepares them (`toolkit.awq`) reads it.
+
+    Raises:
+        ValueError: a `skip` name that matches no linear layer.
+    """
+    return [names[0] for names, reason in _linear_plan(model, skip_names(model, skip)).values() if reason is None]
+
+
 def quantize_model(
     model: nn.Module,
     quantization_format: str,
@@ -376,15 +327,16 @@ def quantize_model(
     *,
     verbose: bool = True,
     group_size: int = 64,
+    clip_ratios: Mapping[str, torch.Tensor] | None = None,
     calibration: Iterable | Mapping | None = None,
     clip: bool = True,
 ) -> nn.Module:
     """Replace the `nn.Linear` layers of `model` with `QuantizedLinear`, in place.
 
-    'int4' rounds to nearest; with `calibration` it first runs the activation-aware search of
-    `toolkit.awq.activation_aware_search` (per-input-channel scales folded into the preceding
-    norm or linear layer, so the float model's function is unchanged and inference costs nothing
-    extra, plus a per-group clipping search when `clip`), then quantizes the scaled weights.
+    'int4' rounds to nearest, each group's range optionally shrunk by `clip_ratios`.
+    `calibration=` is a shortcut for `toolkit.awq.awq_quantize(model, calibration, group_size, skip,
+    clip=clip)`: the activation-aware scale and clipping search, then this function with the
+    clipping ratios it found.
 
     By default (`skip=None`) the output head stays in float: the module
     returned by `model.get_output_embeddings()` (BERT's MLM decoder, tied to
@@ -394,9 +346,8 @@ def quantize_model(
     Afterwards `model.quantization_report` is a dict with 'format', 'threshold',
     'replaced' and 'skipped' (lists of module names; a layer registered under two
     names is replaced under both, by one layer) and 'skip_reasons' ({skipped name:
-    why}); 'int4' adds 'group_size', 'activation_aware', 'scaled' (the groups whose
-    activation-aware scales were folded, see `toolkit.awq.activation_aware_search`) and
-    'unscaled' ({block: why its layers keep s = 1}); with `verbose` one line saying how
+    why}); 'int4' adds 'group_size' and 'activation_aware' (False here; `awq_quantize` adds
+    'scaled' and 'unscaled'); with `verbose` one line saying how
     many layers were replaced is printed. A linear layer whose `.weight` its parent
     reads directly (the `out_proj` of `nn.MultiheadAttention`, linear1/linear2 of a
     batch_first `nn.TransformerEncoderLayer`) is always kept in float, so the forward
@@ -410,36 +361,48 @@ def quantize_model(
             layer's full name ('cls.predictions.decoder') or its last part ('classifier').
         verbose: print the summary line.
         group_size: 'int4' only: weights per scale, must divide every replaced layer's in_features.
-        calibration: 'int4' only: calibration batches (tensors of input ids or dicts of model
-            inputs, see `toolkit.calibration.collect_linear_inputs`) or the dict that function
-            returned with row samples; None: round-to-nearest.
-        clip: with `calibration`, also search each group's clipping range.
+        clip_ratios: 'int4' only: {layer name: float (out, in // group_size) ratios in (0, 1]}
+            (`QuantizedLinear.from_linear`'s `clip_ratio`); layers not named are not clipped.
+        calibration, clip: 'int4' only: the shortcut to `toolkit.awq.awq_quantize` (see above).
 
     Returns:
         `model` itself, its linear layers replaced.
 
     Raises:
         ValueError: unknown format, bad threshold, `model` is itself an `nn.Linear`
-            (use `QuantizedLinear.from_linear`), no `nn.Linear` left to replace, `calibration`
-            with a format other than 'int4', or a group_size that does not divide a layer's width.
+            (use `QuantizedLinear.from_linear`), no `nn.Linear` left to replace, `clip_ratios`
+            or `calibration` with a format other than 'int4', a `clip_ratios` name that is not a
+            replaced layer, a `skip` name matching no linear layer, or a group_size that does not
+            divide a layer's width. Nothing is replaced when it raises.
+
+    >>> from torch import nn
+    >>> model = quantize_model(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)), "int8", verbose=False)
+    >>> model.quantization_report["replaced"]
+    ['0', '2']
+    >>> model[0]
+    QuantizedLinear(in_features=64, out_features=64, format='int8', threshold=6.0, bias=True)
     """
     check_format(quantization_format, LAYER_FORMATS)
     check_threshold(threshold)
     if isinstance(model, nn.Linear):
         raise ValueError("quantize_model replaces the layers inside a model; "
                          "quantize a lone nn.Linear with QuantizedLinear.from_linear")
-    if calibration is not None and quantization_format != "int4":
-        raise ValueError(f"calibration is used by the 'int4' format only, not {quantization_format!r}")
+    for label, value in (("clip_ratios", clip_ratios), ("calibration", calibration)):
+        if value is not None and quantization_format != "int4":
+            raise ValueError(f"{label} is used by the 'int4' format only, not {quantization_format!r}")
+    if calibration is not None:
+        from toolkit.awq import awq_quantize  # the documented shortcut; the search lives with the method
+
+        return awq_quantize(model, calibration, group_size, skip, clip=clip, verbose=verbose)
     plan = _linear_plan(model, skip_names(model, skip))
+    replaceable = {names[0] for names, reason in plan.values() if reason is None}
     if quantization_format == "int4":
         for module, (_, reason) in plan.items():
             if reason is None:
                 check_group_size(module.in_features, group_size)
-    clip_ratios, scaled, unscaled = {}, [], {}
-    if calibration is not None:
-        quantized = [names[0] for names, reason in plan.values() if reason is None]
-        clip_ratios, scaled, unscaled = activation_aware_search(model, calibration, quantized, group_size,
-                                                                clip=clip, progress=verbose)
+    clip_ratios = dict(clip_ratios or {})
+    if set(clip_ratios) - replaceable:
+        raise ValueError(f"clip_ratios names layers that are not replaced: {sorted(set(clip_ratios) - replaceable)}")
     replaced, skipped, reasons = [], [], {}
     for module, (names, reason) in plan.items():
         if reason is not None:
@@ -458,11 +421,9 @@ def quantize_model(
     model.quantization_report = {"format": quantization_format, "threshold": threshold,
                                  "replaced": replaced, "skipped": skipped, "skip_reasons": reasons}
     if quantization_format == "int4":
-        model.quantization_report.update(group_size=group_size, activation_aware=calibration is not None,
-                                         scaled=scaled, unscaled=unscaled)
+        model.quantization_report.update(group_size=group_size, activation_aware=False)
     if verbose:
-        layers = sum(reason is None for _, reason in plan.values())  # a layer under two names counts once
-        print(f"quantize_model: replaced {layers} nn.Linear layers with {quantization_format} "
+        print(f"quantize_model: replaced {len(replaceable)} nn.Linear layers with {quantization_format} "
               f"QuantizedLinear; kept in float: "
               f"{', '.join(n if reasons[n] == 'in skip' else f'{n} ({reasons[n]})' for n in skipped) or 'none'}")
     return model

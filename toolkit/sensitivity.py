@@ -21,18 +21,22 @@ It does not choose per-layer budgets from the scan, and it does not compress the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
 from quantization import check_format
-from toolkit.calibration import LinearInputStats, collect_linear_inputs, is_statistics
-from toolkit.evaluation import perplexity
-from toolkit.layers import LAYER_FORMATS, QuantizedLinear, linear_targets
+from toolkit.calibration import LinearInputStats, check_statistics, collect_linear_inputs, is_statistics
+from toolkit.evaluation.scoring import perplexity
+from toolkit.layers import LAYER_FORMATS, QuantizedLinear
+from toolkit.targets import linear_targets
 from toolkit.wanda import prune_layers
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LAYER_KINDS = ("query", "key", "value", "attention output", "ffn in", "ffn out")
 # Suffixes of module names -> kind (BERT family, Llama family); the first match wins.
@@ -44,14 +48,25 @@ _KIND_SUFFIXES = (
     ("intermediate.dense", "ffn in"), ("mlp.gate_proj", "ffn in"), ("mlp.up_proj", "ffn in"),
     ("output.dense", "ffn out"), ("mlp.down_proj", "ffn out"),
 )
+# Kinds whose BERT name is only a bare suffix: they must sit right under a numbered layer ('layer.3.output.dense'),
+# so that a cross-attention 'layer.3.crossattention.output.dense' is not taken for the FFN.
+_UNDER_LAYER = ("intermediate.dense", "output.dense")
 COLUMNS = ("target", "kind", "layers", "method", "level", "perplexity", "ratio")
 
 
 def layer_kind(name: str) -> str | None:
     """The kind of a linear layer from its module name, e.g. 'bert.encoder.layer.3.intermediate.dense' ->
-    'ffn in', 'model.layers.0.self_attn.o_proj' -> 'attention output'; None for other layers."""
+    'ffn in', 'model.layers.0.self_attn.o_proj' -> 'attention output'; None for other layers, cross-attention
+    ones included ('bert.encoder.layer.3.crossattention.output.dense').
+
+    >>> layer_kind("bert.encoder.layer.3.output.dense"), layer_kind("bert.encoder.layer.3.crossattention.output.dense")
+    ('ffn out', None)
+    """
     for suffix, kind in _KIND_SUFFIXES:
         if name == suffix or name.endswith("." + suffix):
+            parent = name.removesuffix(suffix).rstrip(".").rpartition(".")[2]
+            if suffix in _UNDER_LAYER and parent and not parent.isdigit():
+                return None
             return kind
     return None
 
@@ -139,9 +154,7 @@ def sensitivity_scan(
         names = sorted({name for group in targets.values() for name in group})
         stats = calibration if is_statistics(calibration) else \
             collect_linear_inputs(model, calibration, layers=names, progress=progress)
-        missing = [name for name in names if name not in stats]
-        if missing:
-            raise ValueError(f"the calibration statistics lack {missing[:3]}: collect them for every scanned layer")
+        check_statistics(stats, {name: model.get_submodule(name) for name in names})
         norms = {name: stats[name].norm for name in names}
     base = score()
     rows = [dict(target="none", kind="none", layers=0, method="baseline", level="none", perplexity=base, ratio=1.0)]
@@ -187,6 +200,8 @@ def plot_sensitivity(table: pd.DataFrame, *, log: bool | None = None) -> Figure:
     methods = [m for m in ("magnitude", "wanda", "quantize") if (table["method"] == m).any()]
     if log is None:
         log = bool(table["ratio"].max() > 4 * table["ratio"].min())
+    from matplotlib.figure import Figure  # imported when a figure is drawn
+
     figure = Figure(figsize=(5 * max(len(methods), 1), 4), layout="constrained")
     axes = figure.subplots(1, max(len(methods), 1), squeeze=False)[0]
     for ax, method in zip(axes, methods):

@@ -21,7 +21,8 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from pruning import check_fraction, check_model
-from toolkit.sparse import _load_unique_state_dict
+from toolkit.sparse import load_unique_state_dict
+from toolkit.targets import submodule_at
 
 # Feed-forward blocks prune_ffn_neurons recognises: (input projections, output projection, config field of
 # their width). Neuron j of a block is row j of every input projection and column j of the output one.
@@ -39,24 +40,6 @@ _HEAD_COLUMNS = "output.dense"
 # ---------------------------------------------------------------------------------------------------------
 # Shrinking: remove neurons and heads by building smaller layers
 # ---------------------------------------------------------------------------------------------------------
-
-def submodule_at(module: nn.Module, path: str, kind: type[nn.Module] = nn.Module) -> nn.Module | None:
-    """The submodule at dotted `path` under `module` if it is a `kind`, else None.
-
-    Args:
-        module: where to look.
-        path: a dotted name relative to `module`, e.g. 'self_attn.q_proj'.
-        kind: the module class required (default: any module).
-
-    Returns:
-        the submodule, or None when there is none at `path` or it is not a `kind`.
-    """
-    try:
-        found = module.get_submodule(path)
-    except AttributeError:
-        return None
-    return found if isinstance(found, kind) else None
-
 
 def _select_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     """A new nn.Linear keeping the output features (dim=0) or input features (dim=1) of `linear` in `index`.
@@ -314,7 +297,7 @@ def load_pruned_model(model_class: type[nn.Module], path: str | os.PathLike) -> 
     state = {}
     for file in sorted(Path(path).glob("*.safetensors")):
         state.update(load_file(file))
-    _load_unique_state_dict(model, state)
+    load_unique_state_dict(model, state)
     return model.eval()
 
 

@@ -1,23 +1,14 @@
-"""Students and the distillation terms beyond logits, built on the lab's `distillation.py`.
+"""Distillation terms beyond logits: DistilBERT's cosine and TinyBERT's MSE losses on hidden states and
+attention maps (`hidden_state_loss`, `attention_loss`), both weighted in `IntermediateLoss`, the
+`extra_loss` of the lab's `distill_model`; `distill_intermediate` runs that loop with them.
 
-- `make_student`: a shallower copy of a Hugging Face teacher (BERT, DistilBERT, Llama),
-  initialised DistilBERT-style from evenly spaced teacher layers (`evenly_spaced_layers`).
-- `hidden_state_loss`, `attention_loss`: DistilBERT's cosine and TinyBERT's MSE losses on
-  hidden states and attention maps.
-- `IntermediateLoss`: both, weighted, as the `extra_loss` of the lab's `distill_model`;
-  `distill_intermediate` runs that loop with them.
-- `DistillationTrainer`: the lab's `distillation_objective` (plus `IntermediateLoss`)
-  inside `transformers.Trainer`.
-
-It does not compare TinyBERT's pre-softmax attention scores: attention maps are compared
-as probabilities (what Hugging Face returns). One training loop only: the lab's.
-A layer map sends student layer i to teacher layer `layer_map[i]` (0-based).
+It does not compare TinyBERT's pre-softmax attention scores: attention maps are compared as probabilities
+(what Hugging Face returns). One training loop only: the lab's. A layer map sends student layer i to
+teacher layer `layer_map[i]` (0-based).
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,49 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import transformers
 
-from distillation import (batch_loss, check_alpha, check_non_negative, check_positive, distill_model,
-                          is_causal_lm, prepare_batch)
+from distillation import (check_non_negative, distill_model)
+
+
+from toolkit.students.construction import evenly_spaced_layers
 
 HIDDEN_KINDS = ("mse", "cosine")
-
-# Where each supported architecture keeps its list of transformer layers, relative
-# to its base model (`model.base_model`), keyed by `config.model_type`.
-_LAYER_LISTS = {"bert": "encoder.layer", "distilbert": "transformer.layer", "llama": "layers"}
-
-
-# ---------------------------------------------------------------------------
-# Intermediate-layer losses
-# ---------------------------------------------------------------------------
-
-def evenly_spaced_layers(num_teacher_layers: int, num_student_layers: int) -> list[int]:
-    """Teacher layer (0-based) for each student layer: evenly spaced, ends included.
-
-    Student layer i takes teacher layer `round(i * (L - 1) / (n - 1))`, rounded half
-    up, for n >= 2 student and L teacher layers: the first student layer is the first
-    teacher layer, the last is the last. A single student layer takes the teacher's
-    last layer (the one the output head was trained on). Example: L=12, n=6 gives
-    [0, 2, 4, 7, 9, 11]; n == L gives the identity. `make_student` initialises from
-    these layers and `IntermediateLoss` uses them as its default `layer_map`.
-
-    Raises:
-        TypeError: a count is not an int.
-        ValueError: a count is < 1, or the student would have more layers.
-    """
-    for name, value in (("num_teacher_layers", num_teacher_layers), ("num_student_layers", num_student_layers)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if num_teacher_layers < 1:
-        raise ValueError(f"num_teacher_layers must be >= 1, got {num_teacher_layers}")
-    if not 1 <= num_student_layers <= num_teacher_layers:
-        raise ValueError(
-            f"the student's layer count must be in [1, {num_teacher_layers}] (the teacher's), "
-            f"got {num_student_layers}"
-        )
-    if num_student_layers == 1:
-        return [num_teacher_layers - 1]
-    span, steps = num_teacher_layers - 1, num_student_layers - 1
-    # Integer round-half-up of i * span / steps.
-    return [(2 * i * span + steps) // (2 * steps) for i in range(num_student_layers)]
 
 
 def _layer_pairs(layer_map: Mapping[int, int] | Sequence[int], num_student: int, num_teacher: int) -> list[tuple[int, int]]:
@@ -296,7 +250,7 @@ class IntermediateLoss(nn.Module):
         hidden_kind: str = "mse",
     ) -> None:
         super().__init__()
-        _check_intermediate_args(teacher_model, student_model, hidden_weight, attention_weight, hidden_kind)
+        check_intermediate_args(teacher_model, student_model, hidden_weight, attention_weight, hidden_kind)
         if not (hidden_weight or attention_weight):
             raise ValueError("IntermediateLoss needs hidden_weight > 0 or attention_weight > 0")
         self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
@@ -339,7 +293,7 @@ class IntermediateLoss(nn.Module):
         return terms
 
 
-def _check_intermediate_args(
+def check_intermediate_args(
     teacher_model: Any, student_model: Any, hidden_weight: Any, attention_weight: Any, hidden_kind: Any
 ) -> None:
     check_non_negative("hidden_weight", hidden_weight)
@@ -355,7 +309,7 @@ def _check_intermediate_args(
                 )
 
 
-def _use_eager_attention(model: nn.Module) -> str | None:
+def use_eager_attention(model: nn.Module) -> str | None:
     """Switch a HF model to eager attention (the only kind that returns maps).
 
     Returns the previous implementation when it changed, else None.
@@ -370,7 +324,7 @@ def _use_eager_attention(model: nn.Module) -> str | None:
 @contextlib.contextmanager
 def eager_attention(*models: nn.Module) -> Iterator[None]:
     """Run Hugging Face models with eager attention (the only kind that returns maps), then switch back."""
-    restore = {model: _use_eager_attention(model) for model in models}
+    restore = {model: use_eager_attention(model) for model in models}
     try:
         yield
     finally:
@@ -411,8 +365,19 @@ def distill_intermediate(
 
     Raises:
         TypeError, ValueError: as `distill_model` and `IntermediateLoss`.
+
+    >>> import torch
+    >>> from toolkit.evaluation import tiny_model
+    >>> from toolkit.students import make_student
+    >>> teacher, _ = tiny_model("masked", num_layers=2)
+    >>> ids = torch.randint(5, 1000, (2, 8))
+    >>> batches = [{"input_ids": ids, "labels": ids}]
+    >>> student, losses = distill_intermediate(teacher, make_student(teacher, 1), batches, 2.0, 0.5, 1, 1e-3,
+    ...                                        hidden_weight=1.0, progress=False)
+    >>> len(losses)  # one mean loss per epoch
+    1
     """
-    _check_intermediate_args(teacher_model, student_model, hidden_weight, attention_weight, hidden_kind)
+    check_intermediate_args(teacher_model, student_model, hidden_weight, attention_weight, hidden_kind)
     if not (hidden_weight or attention_weight):
         return distill_model(teacher_model, student_model, train_data, temperature, alpha, num_epochs,
                              learning_rate, **kwargs)
@@ -422,167 +387,3 @@ def distill_intermediate(
     with eager_attention(*models):
         return distill_model(teacher_model, student_model, train_data, temperature, alpha, num_epochs,
                              learning_rate, extra_loss=extra, model_kwargs=extra.model_kwargs, **kwargs)
-
-
-# ---------------------------------------------------------------------------
-# Students
-# ---------------------------------------------------------------------------
-
-def make_student(teacher: transformers.PreTrainedModel, num_layers: int) -> transformers.PreTrainedModel:
-    """A shallower model of the teacher's class, initialised from the teacher (DistilBERT-style).
-
-    The student has the teacher's configuration with `num_layers` transformer layers
-    (`config.num_hidden_layers` updated). Its layer i is a copy of teacher layer
-    `evenly_spaced_layers(L, num_layers)[i]`; every other weight (embeddings, final
-    norm, output head) is copied unchanged. With `num_layers == L` the student
-    computes exactly the teacher's function. The student is placed on the teacher's
-    device and dtype, in the teacher's train/eval mode; the teacher is not modified.
-    Supported: BERT, DistilBERT and Llama models (any head).
-
-    Args:
-        teacher: a Hugging Face model of a supported architecture.
-        num_layers: the student's layer count, 1 <= num_layers <= the teacher's.
-
-    Returns:
-        A new model of `type(teacher)`.
-
-    Raises:
-        TypeError: the teacher is not a supported Hugging Face model, or num_layers is not an int.
-        ValueError: num_layers < 1 or more than the teacher's.
-    """
-    model_type = getattr(getattr(teacher, "config", None), "model_type", None)
-    if not isinstance(teacher, transformers.PreTrainedModel) or model_type not in _LAYER_LISTS:
-        raise TypeError(
-            f"make_student supports Hugging Face models of types {sorted(_LAYER_LISTS)}, "
-            f"got {type(teacher).__name__}"
-        )
-    layer_map = evenly_spaced_layers(teacher.config.num_hidden_layers, num_layers)
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = num_layers
-    if getattr(config, "layer_types", None) is not None:  # per-layer settings follow their layers
-        config.layer_types = [config.layer_types[j] for j in layer_map]
-    reference = next(teacher.parameters())
-    student = type(teacher)(config).to(device=reference.device, dtype=reference.dtype)
-
-    # Copy weights by state-dict key; keys under the layer list are renumbered
-    # student index -> teacher index, so per-layer attributes (e.g. Llama's layer_idx)
-    # stay those of the student's own layers.
-    base = "" if teacher.base_model is teacher else f"{teacher.base_model_prefix}."
-    layers = f"{base}{_LAYER_LISTS[model_type]}"
-    pattern = re.compile(rf"^{re.escape(layers)}\.(\d+)\.")
-    teacher_state = teacher.state_dict()
-    student.load_state_dict({
-        key: teacher_state[pattern.sub(lambda m: f"{layers}.{layer_map[int(m.group(1))]}.", key)]
-        for key in student.state_dict()
-    })
-    return student.train(teacher.training)
-
-
-# ---------------------------------------------------------------------------
-# The Trainer integration
-# ---------------------------------------------------------------------------
-
-class DistillationTrainer(transformers.Trainer):
-    """A `transformers.Trainer` whose loss is the lab's `distillation_objective` against a frozen teacher.
-
-    Use it like `Trainer` (`TrainingArguments`, evaluation, checkpoints); the model
-    being trained is the student. Batches are dicts with 'labels' (e.g. from
-    `DataCollatorForLanguageModeling`). The teacher is put in eval mode on the
-    student's device and run under `no_grad`; it is never in the optimizer. With a
-    non-zero `hidden_weight` / `attention_weight` the `IntermediateLoss` terms are added
-    (`self.intermediate`); with `attention_weight` > 0 both models are switched to eager
-    attention for good. A width projection is added to the optimizer; it is not saved in
-    checkpoints. The mean of each loss term since the last log ('kd', 'ce', 'hidden',
-    'attention') is added to the training logs.
-
-    Args:
-        *args, **kwargs: passed to `transformers.Trainer` (`model` is the student).
-        teacher_model: the trained model to imitate.
-        temperature, alpha: as in `distill_model`.
-        hidden_weight, attention_weight, layer_map, hidden_kind: as in `IntermediateLoss`.
-
-    Raises:
-        TypeError, ValueError: as `distill_model` and `IntermediateLoss`.
-    """
-
-    # compute_loss returns a per-batch mean: Trainer divides it for gradient accumulation.
-    loss_is_scaled_for_ga = False
-
-    def __init__(
-        self,
-        *args: Any,
-        teacher_model: nn.Module,
-        temperature: float = 2.0,
-        alpha: float = 0.5,
-        hidden_weight: float = 0.0,
-        attention_weight: float = 0.0,
-        layer_map: Mapping[int, int] | Sequence[int] | None = None,
-        hidden_kind: str = "mse",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        if not isinstance(teacher_model, nn.Module):
-            raise TypeError(f"teacher_model must be an nn.Module, got {type(teacher_model).__name__}")
-        if teacher_model is self.model:
-            raise ValueError("teacher_model and the student model are the same object: the teacher would be trained")
-        _check_intermediate_args(teacher_model, self.model, hidden_weight, attention_weight, hidden_kind)
-        check_positive("temperature", temperature)
-        check_alpha(alpha)
-        device = next(self.model.parameters()).device
-        self.teacher_model = teacher_model.to(device).eval()
-        self.temperature, self.alpha = temperature, alpha
-        self.intermediate = None
-        if hidden_weight or attention_weight:
-            self.intermediate = IntermediateLoss(
-                teacher_model, self.model, hidden_weight=hidden_weight, attention_weight=attention_weight,
-                layer_map=layer_map, hidden_kind=hidden_kind,
-            )
-        if attention_weight:
-            _use_eager_attention(self.teacher_model)
-            _use_eager_attention(self.model)
-        self._model_kwargs = self.intermediate.model_kwargs if self.intermediate is not None else {}
-        self._shift_labels = is_causal_lm(self.model)
-        self._term_sums: dict[str, torch.Tensor] = {}
-        self._term_count = 0
-
-    @property
-    def projection(self) -> nn.Linear | None:
-        """The learned width projection of the hidden-state term, or None."""
-        return None if self.intermediate is None else self.intermediate.projection
-
-    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer, plus the width projection's parameters when there is one."""
-        optimizer = super().create_optimizer(model)
-        if self.projection is not None:
-            known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            new = [p for p in self.projection.parameters() if id(p) not in known]
-            if new:
-                optimizer.add_param_group({"params": new, "weight_decay": 0.0})
-        return optimizer
-
-    def compute_loss(
-        self,
-        model: nn.Module,
-        inputs: dict[str, torch.Tensor | Any],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """The distillation loss of the batch (`num_items_in_batch` is not used: the loss is a batch mean)."""
-        batch = prepare_batch(inputs, next(model.parameters()).device, self._model_kwargs)
-        loss, terms, outputs = batch_loss(self.teacher_model, model, batch, self.temperature, self.alpha,
-                                          shift_labels=self._shift_labels, extra_loss=self.intermediate)
-        if model.training:
-            for name, value in terms.items():
-                self._term_sums[name] = self._term_sums.get(name, 0.0) + value
-            self._term_count += 1
-        if self._model_kwargs and return_outputs:
-            # Keep evaluation from gathering every layer's states and maps.
-            outputs = type(outputs)(logits=outputs.logits)
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean of each loss term since the last training log."""
-        if "loss" in logs and self._term_count:
-            logs.update({name: (total / self._term_count).item() for name, total in self._term_sums.items()})
-            self._term_sums, self._term_count = {}, 0
-        super().log(logs, start_time)
