@@ -28,31 +28,29 @@ def small_bert(max_positions: int = 32) -> nn.Module:
 # ---------------------------------------------------------------------------
 # 1. Tiny or huge magnitudes quantize to nothing (QuantizedVector)
 
-def test_tiny_magnitudes_get_full_int8_codes():
-    q = QuantizedVector(torch.tensor([1e-38, -1e-38, 5e-39]), "int8")
-    assert q.quantized_vector.tolist() == [127, -127, 64]
-    deq = q.dequantize()
-    assert deq.dtype == torch.float32
-    torch.testing.assert_close(deq, torch.tensor([1e-38, -1e-38, 5e-39]), rtol=1 / 127, atol=0)
+@pytest.mark.parametrize("fmt", ["int8", "1.58bit", "1bit"])
+@pytest.mark.parametrize("values", [[1e-38, -1e-38, 5e-39], [1.4e-45, 0.0], [3e38, 1e38, -3e38]])
+def test_magnitudes_the_plain_formulas_cannot_handle_are_refused(fmt, values):
+    # alpha = 127 / max|x| overflows float32 below 3.7e-37, and a float32 sum of |x| overflows near
+    # 3.4e38: rather than codes that depend on how a student wrote the formula, a clear error.
+    with pytest.raises(ValueError, match=r"outside \[2\*\*-60, 2\*\*60\].*not supported"):
+        QuantizedVector(torch.tensor(values), fmt)
 
 
-def test_smallest_subnormal_gets_full_int8_codes():
-    tiny = torch.finfo(torch.float32).smallest_normal * 2.0**-23  # 1.4e-45, the smallest subnormal
-    x = torch.tensor([tiny, -tiny, 0.0])
-    assert QuantizedVector(x, "int8").quantized_vector.tolist() == [127, -127, 0]
-
-
-def test_huge_magnitudes_get_ternary_codes():
-    # The float32 sum of |x| overflowed: mean|x| became inf and every code 0.
-    q = QuantizedVector(torch.tensor([3e38, 1e38, -3e38]), "1.58bit")
-    assert q.quantized_vector.tolist() == [1, 0, -1]
-    assert q.alpha == pytest.approx(3 / 7e38)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_supported_range_ends_are_quantized(fmt):
+    for absmax in (2.0**-60, 2.0**60):
+        x = torch.tensor([absmax, -absmax / 2, 0.0])
+        q = QuantizedVector(x, fmt)
+        if fmt == "int8":
+            assert q.quantized_vector.tolist() == [127, -64, 0]  # -63.5 rounds half to even
+            assert q.alpha == pytest.approx(127 / absmax, rel=1e-6)
 
 
 @pytest.mark.parametrize("value", [1e300, -1e39, 1e-300, -1e-50])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_float64_beyond_float32_is_refused(value, fmt):
-    with pytest.raises(ValueError, match="float32 cannot represent"):
+    with pytest.raises(ValueError, match="float32 can represent"):
         QuantizedVector(torch.tensor([1.0, value], dtype=torch.float64), fmt)
 
 
@@ -162,37 +160,17 @@ def test_casting_keeps_the_storage_dtypes(fmt):
 
 @pytest.mark.parametrize("shape", [(0, 5), (3, 0), (2, 0, 4)])
 def test_distillation_loss_refuses_empty_logits(shape):
-    with pytest.raises(ValueError, match="is empty"):
+    with pytest.raises(ValueError, match="must be a non-empty"):
         compute_distillation_loss(torch.empty(shape), torch.empty(shape), 2.0)
 
 
 # ---------------------------------------------------------------------------
-# 10. A teacher logit of -inf gives a NaN loss
+# 10. Non-finite logits: outside the contract, except that a NaN gives a NaN loss
+# (a teacher -inf is 0 * log 0 for F.kl_div but NaN for p * (p.log() - log q): correct students differ there)
 
-@pytest.mark.parametrize("temperature", [1.0, 4.0])
-def test_teacher_minus_inf_logit_contributes_zero(temperature):
-    inf = math.inf
-    student = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], requires_grad=True)
-    teacher = torch.tensor([[0.5, 1.5, -inf], [1.0, -inf, 2.0]])
-    loss = compute_distillation_loss(student, teacher, temperature)
-    # The same loss over the classes the teacher gives mass to (a zero-probability class adds 0).
-    kept = []
-    for s, t in zip(student.detach().double() / temperature, teacher.double() / temperature):
-        p, log_q = torch.softmax(t, -1), torch.log_softmax(s, -1)
-        kept.append(sum(pi * (math.log(pi) - qi) for pi, qi in zip(p.tolist(), log_q.tolist()) if pi > 0))
-    assert math.isfinite(loss.item())
-    assert loss.item() == pytest.approx(sum(kept) / 2 * temperature**2, rel=1e-5)
-    loss.backward()
-    assert torch.isfinite(student.grad).all()
-    # -inf in both at the same class (a masked vocabulary entry) also adds 0.
-    both = torch.tensor([[1.0, 2.0, -inf]])
-    assert compute_distillation_loss(both, both.clone(), temperature).item() == 0.0
-
-
-def test_student_minus_inf_where_teacher_has_mass_is_infinite():
-    student = torch.tensor([[1.0, -math.inf]])
-    teacher = torch.tensor([[1.0, 1.0]])
-    assert compute_distillation_loss(student, teacher, 1.0).item() == math.inf
+def test_nan_logit_gives_a_nan_loss():
+    student = torch.tensor([[1.0, math.nan, 0.5], [0.0, -1.0, 3.0]])
+    assert math.isnan(compute_distillation_loss(student, torch.zeros(2, 3), 2.0).item())
 
 
 # ---------------------------------------------------------------------------

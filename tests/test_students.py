@@ -369,7 +369,7 @@ def test_distillation_trainer_loss_is_the_shared_objective(tokenizer, tmp_path):
 
 
 def test_distillation_trainer_rejects_bad_arguments(tokenizer, tmp_path):
-    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 2"):
+    with pytest.raises(ValueError, match=r"alpha must be a finite number in \[0, 1\], got 2"):
         _trainer(tokenizer, tmp_path, alpha=2)
     with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
         _trainer(tokenizer, tmp_path, temperature=0)
