@@ -323,6 +323,9 @@ def distill_model(
     extra_loss: Callable[[Any, Any, Any], Mapping[str, torch.Tensor]] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     history: list[dict[str, float]] | None = None,
+    optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer] | None = None,
+    lr_schedule: Callable[[int], float] | None = None,
+    max_grad_norm: float | None = None,
 ) -> tuple[nn.Module, list[float]]:
     """Train `student_model` with Adam to match `teacher_model`.
 
@@ -348,6 +351,12 @@ def distill_model(
             without labels). If it is an `nn.Module`, its parameters are trained too.
         model_kwargs: keyword arguments for both models' forward, e.g. `output_hidden_states=True`.
         history: if given, a list that gets one dict per epoch with the mean of each term.
+        optimizer: optional `optimizer(parameters, learning_rate)` returning the optimizer to use
+            (e.g. `lambda p, lr: torch.optim.AdamW(p, lr, weight_decay=0.01)`); default plain Adam.
+        lr_schedule: optional `lr_schedule(step)` -> multiplier of `learning_rate` after `step`
+            optimizer steps (`torch.optim.lr_scheduler.LambdaLR`, stepped after each optimizer step).
+        max_grad_norm: optional > 0: the gradients' total 2-norm is clipped to it before each step
+            (`torch.nn.utils.clip_grad_norm_`).
 
     Returns:
         `(student_model, epoch_losses)`: the trained student (same object, back in the mode it
@@ -372,6 +381,8 @@ def distill_model(
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
     check_positive("learning_rate", learning_rate)
+    if max_grad_norm is not None:
+        check_positive("max_grad_norm", max_grad_norm)
 
     device = torch.device(device) if device is not None else next(student_model.parameters()).device
     student_model.to(device)
@@ -379,7 +390,12 @@ def distill_model(
     parameters = list(student_model.parameters())
     if isinstance(extra_loss, nn.Module):
         parameters += list(extra_loss.to(device).parameters())
-    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    optimizer = (optimizer or torch.optim.Adam)(parameters, learning_rate)
+    if max_grad_norm is not None:  # the hook runs inside optimizer_step, between backward and step
+        def clip_gradients(*_) -> None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        optimizer.register_step_pre_hook(clip_gradients)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule) if lr_schedule is not None else None
     shift_labels = is_causal_lm(student_model)
     was_training = student_model.training
     student_model.train()
@@ -396,6 +412,8 @@ def distill_model(
                                             shift_labels=shift_labels, extra_loss=extra_loss)
                 _check_finite(loss, epoch, num_epochs, batch_index)
                 optimizer_step(optimizer, loss)
+                if scheduler is not None:
+                    scheduler.step()
                 count += 1
                 for name, value in {"loss": loss, **terms}.items():
                     sums[name] = sums.get(name, 0.0) + value.item()
