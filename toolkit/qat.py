@@ -26,10 +26,41 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from quantization import absmax_quantize, check_format
+from toolkit.calibration import calibration_batches
 from toolkit.int4 import check_group_size, int4_dequantize, int4_quantize
 from toolkit.layers import QuantizedLinear, linear_targets, low_bit_quantize
 
 QAT_FORMATS = ("1.58bit", "1bit", "int4", "int8")
+
+
+def qat_batches(tokenizer, texts: list[str], steps: int, *, batch_size: int = 2, seq_len: int = 128,
+                kind: str = "causal", mask_prob: float = 0.15, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """`steps` training batches for `distill_model`: consecutive windows of the texts, cycled if too few.
+
+    Causal: `{'input_ids', 'labels'}` with labels = input_ids (distill_model shifts them). Masked
+    (BERT): a seeded `mask_prob` of the non-special tokens become [MASK] in `input_ids`, and `labels`
+    hold the original ids everywhere, so the teacher's distribution is distilled at every position.
+
+    Args:
+        tokenizer, texts: as `toolkit.calibration.calibration_batches`.
+        steps: batches to return (>= 1); batch_size, seq_len: their shape.
+        kind: 'causal' or 'masked'.
+
+    Returns:
+        list of `steps` dicts of int64 (batch_size, seq_len) tensors.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    windows = torch.cat(calibration_batches(tokenizer, texts, n_samples=steps * batch_size, seq_len=seq_len,
+                                            batch_size=batch_size, kind=kind))
+    windows = windows.repeat(-(-steps * batch_size // len(windows)), 1)[:steps * batch_size]
+    inputs = windows.clone()
+    if kind == "masked":
+        special = torch.tensor(tokenizer.get_special_tokens_mask(windows.flatten().tolist(),
+                                                                 already_has_special_tokens=True)).view_as(windows)
+        draw = torch.rand(windows.shape, generator=torch.Generator().manual_seed(seed))
+        inputs[(draw < mask_prob) & (special == 0)] = tokenizer.mask_token_id
+    return [{"input_ids": x, "labels": y} for x, y in zip(inputs.split(batch_size), windows.split(batch_size))]
 
 
 def fake_quantize_weight(weight: torch.Tensor, quantization_format: str, *, per_row: bool = True,
