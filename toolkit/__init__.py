@@ -13,6 +13,7 @@ root), which it imports and which never import it. One idea per module:
     shrink       FFN-neuron and attention-head removal, reloading
     sparse       sparse checkpoints (values + packed mask)
     students     make_student, hidden-state and attention losses, DistillationTrainer
+    qat          quantization-aware training: prepare_qat (fake-quantized linears, STE), convert_qat
     evaluation   loading (with offline fallbacks), perplexity, sizes, latency, comparison, plots
 
 Import from the modules: `from toolkit.layers import quantize_model`.
