@@ -16,14 +16,16 @@ from hypothesis import strategies as st
 
 from distillation import distill_model
 from quantization import QuantizedVector
-from toolkit.evaluation import tiny_model
+from toolkit.evaluation import load_texts, perplexity, tiny_model
 from toolkit.layers import QuantizedLinear, low_bit_quantize, quantize_model
-from toolkit.qat import FakeQuantLinear, convert_qat, fake_quantize_activations, fake_quantize_weight, prepare_qat
+from toolkit.qat import (FakeQuantLinear, convert_qat, fake_quantize_activations, fake_quantize_weight, prepare_qat,
+                        qat_batches)
 from toolkit.students import IntermediateLoss
 
 U = 2.0**-24
 # (format, prepare_qat options): every format and option the packed layer supports.
-CASES = [("1.58bit", {}), ("1.58bit", {"per_row": False}), ("1.58bit", {"activation_bits": 8}),
+CASES = [("1.58bit", {}), ("1.58bit", {"per_row": False}), ("1.58bit", {"scale": "absmean"}),
+         ("1.58bit", {"activation_bits": 8}),
          ("1bit", {}), ("1bit", {"per_row": False}), ("1bit", {"activation_bits": 8}),
          ("int4", {"group_size": 16}), ("int8", {})]
 IDS = [f"{fmt}-{'-'.join(f'{k}={v}' for k, v in opts.items()) or 'default'}" for fmt, opts in CASES]
@@ -64,9 +66,29 @@ def test_ternary_rule_is_absmean_with_the_lab_scale():
     assert torch.equal(codes, expected)
     row_codes, row_scale = low_bit_quantize(w, "1.58bit")
     assert torch.allclose(row_scale.double(), w.double().abs().mean(1), rtol=8 * U, atol=0)
-    assert torch.equal(fake_quantize_weight(w, "1.58bit"), row_codes * row_scale[:, None])
+    assert torch.equal(fake_quantize_weight(w, "1.58bit", scale="absmean"), row_codes * row_scale[:, None])
     sign_codes, sign_scale = low_bit_quantize(w, "1bit")
     assert torch.equal(sign_codes, torch.where(w < 0, -1.0, 1.0)) and torch.equal(sign_scale, row_scale)
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_fitted_scale_is_the_least_squares_scale_of_the_absmean_codes(per_row):
+    torch.manual_seed(5)
+    w = torch.randn(12, 64) * torch.rand(12, 1)
+    codes, gamma = low_bit_quantize(w, "1.58bit", per_row=per_row)
+    fit_codes, fit = low_bit_quantize(w, "1.58bit", per_row=per_row, scale="fit")
+    assert torch.equal(fit_codes, codes)  # same codes, another scale
+    dims = 1 if per_row else (0, 1)
+    w64, c64 = w.double(), codes.double()
+    best = ((w64 * c64).sum(dims) / (c64 * c64).sum(dims)).expand(12)  # argmin_s ||w - s c||^2
+    assert torch.allclose(fit.double(), best, rtol=64 * 12 * U, atol=0)
+    error = lambda s: ((w64 - s.double()[:, None] * c64) ** 2).sum()  # noqa: E731
+    assert error(fit) < error(gamma)
+    assert torch.equal(fake_quantize_weight(w, "1.58bit", per_row=per_row), fit_codes * fit[:, None])
+    sign_fit = low_bit_quantize(w, "1bit", per_row=per_row, scale="fit")[1]  # every code kept: fit = gamma
+    assert torch.allclose(sign_fit, low_bit_quantize(w, "1bit", per_row=per_row)[1], rtol=64 * 12 * U, atol=0)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        low_bit_quantize(w, "1.58bit", scale="max")
 
 
 def test_int_formats_reuse_the_packed_layers_weights():
@@ -84,7 +106,8 @@ def test_forward_uses_q_of_w_and_backward_is_straight_through(fmt, opts):
     layer = FakeQuantLinear.from_linear(linear, fmt, **opts)
     x = torch.randn(5, 32, requires_grad=True)
     out = layer(x)
-    q = fake_quantize_weight(linear.weight, fmt, per_row=opts.get("per_row", True), group_size=opts.get("group_size", 64))
+    q = fake_quantize_weight(linear.weight, fmt, per_row=opts.get("per_row", True), scale=opts.get("scale", "fit"),
+                             group_size=opts.get("group_size", 64))
     xq = fake_quantize_activations(x) if layer.activation_bits == 8 else x
     assert torch.equal(out, F.linear(xq, q, linear.bias))
     # STE: the gradient to the latent weight (and to x) is that of a linear layer holding Q(w).
@@ -236,10 +259,8 @@ def test_convert_refuses_unprepared_models_and_unfinished_warmup():
 # Training through distill_model
 # ---------------------------------------------------------------------------
 
-def lm_batches(tokenizer, n: int, seed: int = 0, length: int = 32):
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, len(tokenizer), (n, 2, length), generator=generator)
-    return [{"input_ids": x, "labels": x} for x in ids]
+def lm_batches(tokenizer, n: int, length: int = 32):
+    return qat_batches(tokenizer, load_texts("train", source="local", limit=400), n, seq_len=length)
 
 
 @pytest.fixture(scope="module")
@@ -255,14 +276,18 @@ def test_qat_trains_the_quantized_student_and_leaves_the_teacher_bit_identical(t
     student = prepare_qat(copy.deepcopy(model), "1.58bit", verbose=False)
     student.eval()
     history = []
-    batches = lm_batches(tokenizer, 30)
-    distill_model(model, student, batches, 1.0, 1.0, 2, 3e-4, progress=False, history=history)
+    texts = load_texts("test", source="local", limit=30)
+    score = lambda m: perplexity(m, tokenizer, texts, max_length=64, progress=False)  # noqa: E731
+    before_training = score(student)
+    distill_model(model, student, lm_batches(tokenizer, 60, length=64), 1.0, 1.0, 2, 3e-4, progress=False,
+                  history=history)
     assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
     assert not student.training  # back in the mode it came in; distill_model leaves the teacher in eval
     assert not model.training and [dict(m._forward_hooks) for m in model.modules()] == student_hooks
     assert all(p.requires_grad for p in student.parameters())
     assert history[1]["kd"] < history[0]["kd"]  # the ternary student moves towards the teacher
-    assert all(layer.step == 60 for layer in student.modules() if isinstance(layer, FakeQuantLinear))
+    assert score(student) < before_training
+    assert all(layer.step == 120 for layer in student.modules() if isinstance(layer, FakeQuantLinear))
 
 
 def test_hidden_state_terms_come_from_intermediate_loss(teacher):
@@ -319,3 +344,18 @@ def test_optimizer_schedule_and_clipping_give_the_sgd_updates_they_describe():
     assert float(moved.norm()) == pytest.approx(0.05 * 1e-3, rel=2e-6, abs=2 * U * size)
     with pytest.raises(ValueError, match="max_grad_norm"):
         distill_model(teacher, student, data, 1.0, 1.0, 1, 0.1, max_grad_norm=0.0)
+
+
+def test_qat_batches_are_windows_of_text_masked_for_bert():
+    _, tokenizer = tiny_model("masked")
+    texts = load_texts("train", source="local", limit=200)
+    causal = qat_batches(tokenizer, texts, 5, batch_size=3, seq_len=16)
+    assert len(causal) == 5 and all(torch.equal(b["input_ids"], b["labels"]) for b in causal)
+    assert causal[0]["input_ids"].shape == (3, 16)
+    masked = torch.cat([b["input_ids"] for b in qat_batches(tokenizer, texts, 40, seq_len=16, kind="masked")])
+    labels = torch.cat([b["labels"] for b in qat_batches(tokenizer, texts, 40, seq_len=16, kind="masked")])
+    changed = masked != labels
+    assert bool((masked[changed] == tokenizer.mask_token_id).all())
+    assert 0.08 < float(changed.float().mean()) < 0.2  # 15% of the 14 ordinary tokens of each 16-token window
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        qat_batches(tokenizer, texts, 0)

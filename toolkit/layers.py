@@ -61,36 +61,50 @@ def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return pack_bits(codes + 1 if bits == 2 else codes > 0, bits)
 
 
-def low_bit_quantize(weight: torch.Tensor, quantization_format: str, *, per_row: bool = True
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+LOW_BIT_SCALES = ("absmean", "fit")
+
+
+def low_bit_quantize(weight: torch.Tensor, quantization_format: str, *, per_row: bool = True,
+                     scale: str = "absmean") -> tuple[torch.Tensor, torch.Tensor]:
     """The absmean codes of the '1.58bit' and '1bit' formats, and their scale, `w ~ scale * code`.
 
     gamma = mean|w| of each output row (`per_row`) or of the whole tensor (BitNet b1.58's one scale);
     '1.58bit': codes = clip(round(w / gamma), -1, 1); '1bit': codes = sign(w), zero -> +1.
-    A zero row (or tensor) has gamma 0 and ternary codes 0.
+    A zero row (or tensor) has gamma 0 and ternary codes 0. The scale is gamma ('absmean', BitNet's),
+    or 'fit': the least-squares scale of these codes, sum |w| |code| / sum |code| = the mean |w| of
+    the weights coded +-1 (TWN's and TernaryBERT's alpha; for '1bit' it equals gamma). For Gaussian
+    weights the kept ones average about 1.34 gamma, so 'absmean' shrinks every output by about 25%.
 
     Args:
         weight: floating tensor (out_features, in_features); the arithmetic runs in float32.
         quantization_format: '1.58bit' or '1bit'.
         per_row: one scale per output row (default) or one for the tensor, repeated per row.
+        scale: 'absmean' (default) or 'fit'.
 
     Returns:
         (codes float32 (out, in) in {-1, 0, 1}, scale float32 (out,)).
 
     Raises:
-        ValueError: another format, or a weight that is not 2-d.
+        ValueError: another format or scale, or a weight that is not 2-d.
     """
     check_format(quantization_format, tuple(_PACKED_BITS))
+    if scale not in LOW_BIT_SCALES:
+        raise ValueError(f"scale must be one of {LOW_BIT_SCALES}, got {scale!r}")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-d (out_features, in_features), got shape {tuple(weight.shape)}")
     w = weight.detach().float()
-    scale = w.abs().mean(dim=1, keepdim=True) if per_row else w.abs().mean().expand(w.shape[0], 1)
+    gamma = w.abs().mean(dim=1, keepdim=True) if per_row else w.abs().mean().expand(w.shape[0], 1)
     if quantization_format == "1.58bit":
         # A zero row has gamma 0; dividing by 1 instead keeps its codes 0.
-        codes = (w / torch.where(scale > 0, scale, 1.0)).round_().clamp_(-1, 1)
+        codes = (w / torch.where(gamma > 0, gamma, 1.0)).round_().clamp_(-1, 1)
     else:
         codes = torch.where(w < 0, -1.0, 1.0)
-    return codes, scale.squeeze(1).contiguous()
+    if scale == "fit":
+        kept = codes.abs()
+        dims = (1,) if per_row else (0, 1)
+        fitted = (w.abs() * kept).sum(dims, keepdim=True) / kept.sum(dims, keepdim=True).clamp(min=1)
+        gamma = fitted.expand(w.shape[0], 1)
+    return codes, gamma.squeeze(1).contiguous()
 
 
 def _unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
@@ -202,7 +216,7 @@ class QuantizedLinear(nn.Module):
     def from_linear(
         cls, linear: nn.Linear, quantization_format: str, threshold: float | None = 6.0, *,
         group_size: int = 64, clip_ratio: torch.Tensor | None = None, per_row: bool = True,
-        activation_bits: int | None = None,
+        scale: str = "absmean", activation_bits: int | None = None,
     ) -> QuantizedLinear:
         """Quantize a float `nn.Linear` (see the class docstring for the formats).
 
@@ -215,6 +229,7 @@ class QuantizedLinear(nn.Module):
                 (0, 1], e.g. from the activation-aware clipping search (`toolkit.int4.int4_quantize`).
             per_row: '1.58bit' and '1bit': one absmean scale per output row (default) or one per
                 tensor (`low_bit_quantize`).
+            scale: '1.58bit' and '1bit': 'absmean' (default) or 'fit', the codes' least-squares scale.
             activation_bits: '1.58bit' and '1bit': None (weight-only) or 8 (W1.58A8 / W1A8).
 
         Returns:
@@ -249,9 +264,9 @@ class QuantizedLinear(nn.Module):
             layer.weight.copy_(codes)
             layer.weight_scale.copy_(scale.squeeze(1))
             return layer
-        codes, scale = low_bit_quantize(w, quantization_format, per_row=per_row)
+        codes, gamma = low_bit_quantize(w, quantization_format, per_row=per_row, scale=scale)
         layer.weight_packed.copy_(_pack_codes(codes.to(torch.int8), _PACKED_BITS[quantization_format]))
-        layer.weight_scale.copy_(scale)
+        layer.weight_scale.copy_(gamma)
         return layer
 
     def weight_codes(self) -> torch.Tensor:

@@ -3,7 +3,7 @@
 - `prepare_qat(model, format)`: swaps the target linears for `FakeQuantLinear`, which keeps the float
   (latent) weight and computes with its quantized value through a straight-through estimator (STE):
   the forward sees `Q(w)`, the backward treats `Q` as the identity, `w + (Q(w) - w).detach()`.
-  Formats: '1.58bit' (absmean ternary), '1bit' (sign * mean|w|), 'int4' (group-wise,
+  Formats: '1.58bit' (absmean ternary codes, least-squares scale), '1bit' (sign * mean|w|), 'int4' (group-wise,
   `toolkit.int4`'s codes), 'int8' (absmax per output row, with int8 activations). Optional 8-bit
   per-token absmax activations (BitNet b1.58) with their own STE, and a warm-up that blends float
   and quantized weights, `w + lam * (Q(w) - w).detach()`, lam from 0 to 1.
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from quantization import absmax_quantize, check_format
 from toolkit.calibration import calibration_batches
 from toolkit.int4 import check_group_size, int4_dequantize, int4_quantize
-from toolkit.layers import QuantizedLinear, linear_targets, low_bit_quantize
+from toolkit.layers import LOW_BIT_SCALES, QuantizedLinear, linear_targets, low_bit_quantize
 
 QAT_FORMATS = ("1.58bit", "1bit", "int4", "int8")
 
@@ -64,10 +64,10 @@ def qat_batches(tokenizer, texts: list[str], steps: int, *, batch_size: int = 2,
 
 
 def fake_quantize_weight(weight: torch.Tensor, quantization_format: str, *, per_row: bool = True,
-                         group_size: int = 64) -> torch.Tensor:
+                         scale: str = "fit", group_size: int = 64) -> torch.Tensor:
     """Q(w): the float32 weight the packed `QuantizedLinear` of `quantization_format` represents.
 
-    '1.58bit' / '1bit': `low_bit_quantize` codes times their absmean scale (per row or per tensor);
+    '1.58bit' / '1bit': `low_bit_quantize` codes times their scale ('fit' or 'absmean', per row or tensor);
     'int4': `int4_dequantize(int4_quantize(w, group_size))`; 'int8': absmax codes per row times absmax / 127.
 
     Args:
@@ -82,8 +82,8 @@ def fake_quantize_weight(weight: torch.Tensor, quantization_format: str, *, per_
         if quantization_format == "int8":
             codes, absmax = absmax_quantize(weight.detach(), dim=1)
             return codes.float() * (absmax / 127)
-        codes, scale = low_bit_quantize(weight, quantization_format, per_row=per_row)
-        return codes * scale[:, None]
+        codes, gamma = low_bit_quantize(weight, quantization_format, per_row=per_row, scale=scale)
+        return codes * gamma[:, None]
 
 
 def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
@@ -108,11 +108,12 @@ class FakeQuantLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, quantization_format: str, *, bias: bool = True,
-                 per_row: bool = True, group_size: int = 64, activation_bits: int | None = None,
-                 warmup_steps: int = 0, device=None, dtype=None) -> None:
+                 per_row: bool = True, scale: str = "fit", group_size: int = 64,
+                 activation_bits: int | None = None, warmup_steps: int = 0, device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.quantization_format = quantization_format
         self.per_row = per_row
+        self.scale = scale
         self.group_size = group_size
         self.activation_bits = activation_bits
         self.warmup_steps = warmup_steps
@@ -134,7 +135,7 @@ class FakeQuantLinear(nn.Linear):
     def quantized_weight(self) -> torch.Tensor:
         """The weight of the forward pass, with the STE's gradient to `weight`; in the weight's dtype."""
         w = self.weight
-        q = fake_quantize_weight(w, self.quantization_format, per_row=self.per_row,
+        q = fake_quantize_weight(w, self.quantization_format, per_row=self.per_row, scale=self.scale,
                                  group_size=self.group_size).to(w.dtype)
         lam = self.blend
         # Q(w) exactly once lam = 1 (w + (Q - w) could round differently); the gradient to w is the identity.
@@ -150,7 +151,7 @@ class FakeQuantLinear(nn.Linear):
         return F.linear(input, weight, self.bias)
 
     def extra_repr(self) -> str:
-        options = f", per_row={self.per_row}" if self.quantization_format in ("1.58bit", "1bit") else ""
+        options = f", per_row={self.per_row}, scale={self.scale!r}" if self.quantization_format in ("1.58bit", "1bit") else ""
         if self.quantization_format == "int4":
             options = f", group_size={self.group_size}"
         return (f"{super().extra_repr()}, format={self.quantization_format!r}{options}, "
@@ -212,6 +213,7 @@ def prepare_qat(
     *,
     skip: str | Iterable[str] | None = None,
     per_row: bool = True,
+    scale: str = "fit",
     group_size: int = 64,
     activation_bits: int | None = None,
     warmup_steps: int = 0,
@@ -225,16 +227,20 @@ def prepare_qat(
     Train with `distill_model(teacher, model, batches, temperature, alpha, epochs, lr)`, the teacher an
     unprepared copy; then `convert_qat(model)` packs it.
 
-    Defaults (see the README's QAT section): per-output-row absmean scales (TernaryBERT and BitNet's
-    fine-tuning use per-row / per-channel scales; one per tensor, `per_row=False`, is BitNet b1.58's
-    pretraining rule and the lab's `QuantizedVector`), weight-only, no warm-up (a warm-up longer than
-    the training run would leave the model partly float).
+    Defaults: the lab's absmean ternary codes with one scale per output row (TernaryBERT's per-row
+    ternarization; one per tensor, `per_row=False`, is BitNet b1.58's pretraining rule and the lab's
+    `QuantizedVector`), the scale fitted to the codes by least squares (`scale='fit'`: the mean |w| of
+    the weights coded +-1, TWN's and TernaryBERT's alpha; BitNet's gamma = mean|w|, `scale='absmean'`,
+    shrinks every output by ~25% on Gaussian-like weights, an error QAT would first have to undo), and
+    both recomputed from the latent weights at every step; weight-only; no warm-up (a warm-up longer
+    than the training run would leave the model partly float).
 
     Args:
         model: a float model (e.g. a Hugging Face LM), not quantized or prepared before.
         quantization_format: '1.58bit', '1bit', 'int4' or 'int8'.
         skip: layers kept in float, as `linear_targets`: None keeps the output head, `()` keeps none.
-        per_row: '1.58bit' / '1bit': one absmean scale per output row (True) or per tensor.
+        per_row: '1.58bit' / '1bit': one scale per output row (True) or per tensor.
+        scale: '1.58bit' / '1bit': 'fit' (least squares for the absmean codes) or 'absmean' (gamma).
         group_size: 'int4': weights per group, must divide every target's in_features.
         activation_bits: None (weight-only) or 8 (absmax per token, BitNet b1.58's A8), for '1.58bit'
             and '1bit'; 'int8' always uses 8 (its packed layer quantizes activations per token).
@@ -256,6 +262,8 @@ def prepare_qat(
     ('FakeQuantLinear', '1.58bit')
     """
     activation_bits = _check_options(quantization_format, activation_bits, warmup_steps)
+    if scale not in LOW_BIT_SCALES:
+        raise ValueError(f"scale must be one of {LOW_BIT_SCALES}, got {scale!r}")
     if isinstance(model, nn.Linear):
         raise ValueError("prepare_qat replaces the layers inside a model; wrap a lone nn.Linear in a module, "
                          "or use FakeQuantLinear.from_linear")
@@ -271,7 +279,7 @@ def prepare_qat(
                              f"bypassed; keep it in float with skip=[..., {name!r}]")
         if quantization_format == "int4":
             check_group_size(layer.in_features, group_size)
-    options = dict(per_row=per_row, group_size=group_size, activation_bits=activation_bits,
+    options = dict(per_row=per_row, scale=scale, group_size=group_size, activation_bits=activation_bits,
                    warmup_steps=warmup_steps)
     prepared = []
     for layer in targets.values():
@@ -325,7 +333,7 @@ def convert_qat(model: nn.Module, *, verbose: bool = True) -> nn.Module:
         fmt = layer.quantization_format
         packed = QuantizedLinear.from_linear(
             linear, fmt, None if fmt == "int8" else 6.0, group_size=layer.group_size, per_row=layer.per_row,
-            activation_bits=layer.activation_bits if fmt in ("1.58bit", "1bit") else None)
+            scale=layer.scale, activation_bits=layer.activation_bits if fmt in ("1.58bit", "1bit") else None)
         replaced += _replace(model, layer, packed)
     config = getattr(model, "qat_config", {})
     model.__dict__.pop("qat_config", None)
