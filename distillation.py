@@ -351,12 +351,10 @@ def distill_model(
             without labels). If it is an `nn.Module`, its parameters are trained too.
         model_kwargs: keyword arguments for both models' forward, e.g. `output_hidden_states=True`.
         history: if given, a list that gets one dict per epoch with the mean of each term.
-        optimizer: optional `optimizer(parameters, learning_rate)` returning the optimizer to use
-            (e.g. `lambda p, lr: torch.optim.AdamW(p, lr, weight_decay=0.01)`); default plain Adam.
-        lr_schedule: optional `lr_schedule(step)` -> multiplier of `learning_rate` after `step`
-            optimizer steps (`torch.optim.lr_scheduler.LambdaLR`, stepped after each optimizer step).
-        max_grad_norm: optional > 0: the gradients' total 2-norm is clipped to it before each step
-            (`torch.nn.utils.clip_grad_norm_`).
+        optimizer: optional `optimizer(parameters, learning_rate)` -> the optimizer; default plain Adam.
+        lr_schedule: optional `lr_schedule(step)` -> multiplier of `learning_rate` (a `LambdaLR`
+            stepped after each optimizer step).
+        max_grad_norm: optional > 0: the gradients' total 2-norm is clipped to it before each step.
 
     Returns:
         `(student_model, epoch_losses)`: the trained student (same object, back in the mode it
