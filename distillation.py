@@ -1,11 +1,7 @@
-"""Knowledge distillation (Hinton et al., 2015): train a small student to imitate a large teacher.
-
-Exercise 3: `compute_distillation_loss` (KL(softmax(teacher / T) || softmax(student / T)) averaged
-over rows, times T**2), `distillation_objective` (alpha * KD + (1 - alpha) * CE, labels of -100
-left out), `teacher_and_student_outputs` and `optimizer_step` (one step, teacher frozen). Provided
-after them: `distill_model`, an Adam loop over `(inputs, labels)` pairs or Hugging Face dict
-batches, and the checks. It does not load data, evaluate or build students (`toolkit.students`
-does). No mixed precision, one device.
+"""Knowledge distillation (Hinton et al., 2015). Exercise 3: `compute_distillation_loss` (KL of the
+softened distributions, batchmean, times T**2), `distillation_objective` (alpha * KD + (1 - alpha) * CE),
+`teacher_and_student_outputs` and `optimizer_step` (one step, teacher frozen). Provided after them:
+`distill_model` (the training loop) and the checks. No data loading, evaluation or student building.
 """
 from __future__ import annotations
 
@@ -107,6 +103,8 @@ def distill_model(
     num_epochs: int, learning_rate: float, *, device: torch.device | str | None = None, progress: bool = True,
     extra_loss: Callable[[Any, Any, Any], Mapping[str, torch.Tensor]] | None = None,
     model_kwargs: Mapping[str, Any] | None = None, history: list[dict[str, float]] | None = None,
+    optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer] | None = None,
+    lr_schedule: Callable[[int], float] | None = None, max_grad_norm: float | None = None,
 ) -> tuple[nn.Module, list[float]]:
     """Train `student_model` with Adam to match `teacher_model` (in eval mode, never changed).
 
@@ -116,32 +114,34 @@ def distill_model(
     (logits from `.logits`); causal LMs get their labels shifted by one, as Hugging Face does.
 
     Args:
-        device: where to train (both models are moved there); default the student's device.
-        progress: a tqdm bar per epoch with the running mean of each term.
+        device: where to train (both models go there; default the student's); progress: a tqdm bar.
         extra_loss: optional `extra_loss(student_outputs, teacher_outputs, inputs)` -> dict of 0-d
             tensors added to the loss (`inputs`: the input tensor, or the dict batch without labels);
             an `nn.Module`'s parameters are trained too.
         model_kwargs: keyword arguments for both models' forward, e.g. `output_hidden_states=True`.
         history: if given, a list that gets one dict per epoch with the mean of each term.
+        optimizer: `optimizer(parameters, learning_rate)` -> the optimizer (default Adam); lr_schedule:
+            `step -> multiplier` of the rate (LambdaLR); max_grad_norm: > 0, clips the gradients' 2-norm.
 
-    Returns:
-        `(student_model, epoch_losses)`: the student (same object, back in its mode), the mean loss
-        of each epoch (Python floats).
+    Returns `(student_model, epoch_losses)`: the student (same object, back in its mode) and the
+    mean loss of each epoch (Python floats).
 
-    Raises:
-        TypeError: not an `nn.Module`, a batch neither a pair nor a dict, a hyperparameter's type.
-        ValueError: a hyperparameter out of range, one object as teacher and student, a dict batch
-            without 'labels', an epoch without a labelled position. FloatingPointError: a NaN or
-            infinite loss, naming the epoch and the batch (1-based).
+    Raises TypeError (not an `nn.Module`, a batch neither pair nor dict, a hyperparameter's type),
+    ValueError (a hyperparameter out of range, one object as teacher and student, a dict batch without
+    'labels', an epoch without a labelled position), FloatingPointError (a NaN or infinite loss, with
+    its epoch and batch).
     """
-    _check_training_args(teacher_model, student_model, temperature, alpha, num_epochs, learning_rate)
+    _check_training_args(teacher_model, student_model, temperature, alpha, num_epochs, learning_rate, max_grad_norm)
     device = torch.device(device) if device is not None else next(student_model.parameters()).device
     student_model.to(device)
     teacher_model.to(device).eval()
     parameters = list(student_model.parameters())
     if isinstance(extra_loss, nn.Module):
         parameters += list(extra_loss.to(device).parameters())
-    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    optimizer = (optimizer or torch.optim.Adam)(parameters, learning_rate)
+    if max_grad_norm is not None:  # runs inside optimizer_step, between backward and step
+        optimizer.register_step_pre_hook(lambda *_: torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule) if lr_schedule is not None else None
     shift_labels = is_causal_lm(student_model)
     was_training = student_model.training
     student_model.train()
@@ -160,6 +160,8 @@ def distill_model(
                     raise FloatingPointError(f"distillation loss is {loss.item()} at epoch {epoch + 1}/{num_epochs}, "
                                              f"batch {batch_index + 1}; check the inputs or lower the learning rate")
                 optimizer_step(optimizer, loss)
+                if scheduler is not None:
+                    scheduler.step()
                 count += 1
                 for name, value in {"loss": loss, **terms}.items():
                     sums[name] = sums.get(name, 0.0) + value.item()
@@ -195,7 +197,7 @@ def batch_loss(teacher_model: nn.Module, student_model: nn.Module, batch: Batch,
 
 
 def _check_training_args(teacher_model: nn.Module, student_model: nn.Module, temperature: float, alpha: float,
-                         num_epochs: int, learning_rate: float) -> None:
+                         num_epochs: int, learning_rate: float, max_grad_norm: float | None) -> None:
     for name, model in (("teacher_model", teacher_model), ("student_model", student_model)):
         if not isinstance(model, nn.Module):
             raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
@@ -208,6 +210,8 @@ def _check_training_args(teacher_model: nn.Module, student_model: nn.Module, tem
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
     check_positive("learning_rate", learning_rate)
+    if max_grad_norm is not None:
+        check_positive("max_grad_norm", max_grad_norm)
 
 
 def model_logits(outputs: Any) -> torch.Tensor:
@@ -220,7 +224,6 @@ def model_logits(outputs: Any) -> torch.Tensor:
 
 class Batch(NamedTuple):
     """One batch ready for `model(*args, **kwargs)`, with its labels split off."""
-
     args: tuple
     kwargs: dict
     labels: torch.Tensor
@@ -242,8 +245,7 @@ def prepare_batch(batch: Any, device: torch.device, model_kwargs: Mapping[str, A
                     f"got {type(batch).__name__}")
 
 
-def is_causal_lm(model: nn.Module) -> bool:
-    """Whether `model` is a Hugging Face causal LM (its labels are shifted by one)."""
+def is_causal_lm(model: nn.Module) -> bool:  # a Hugging Face causal LM: its labels shift by one
     return type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lab modul
 from benchmarks.common import RESULTS
 from quantization import INT8_PATHS
 
-SCRIPTS = ("kernel", "models", "evaluation_throughput", "calibration")
+SCRIPTS = ("kernel", "models", "evaluation_throughput", "calibration", "qat")
 
 
 def print_targets(folder: Path, scripts: Sequence[str]) -> None:

@@ -147,3 +147,21 @@ def test_run_all_reports_a_failing_script_and_exits_1(tmp_path, capsys):
     assert run_all.main(["--only", "kernel", "--device", "meta", "--out", str(tmp_path)]) == 1
     assert "0/1 scripts ok" in capsys.readouterr().out
     assert "failed: kernel" in (tmp_path / "bench_all.md").read_text()
+
+
+@pytest.mark.parametrize("fmt", ["1.58bit", "int4"])
+def test_qat_tables_have_every_method_and_the_format_targets(fmt):
+    from benchmarks import qat
+    from toolkit.evaluation import load_texts, tiny_model
+
+    model, tokenizer = tiny_model("causal", hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)
+    batch = {"input_ids": torch.randint(5, 100, (2, 16)), "labels": torch.randint(5, 100, (2, 16))}
+    table, times, targets = qat.run(model, tokenizer, load_texts("test", source="local", limit=4),
+                                    load_texts("train", source="local", limit=20), CPU, fmt=fmt, steps=2, lr=3e-4,
+                                    batch_size=2, seq_len=32, timing=("tiny", model, batch), runs=1, warmup=0)
+    assert [row["method"] for row in table.rows] == ["fp32", f"{fmt} post-training", f"{fmt} QAT 2 steps"]
+    assert finite(table, ("perplexity", "ratio_to_fp32", "seconds_per_step")) and table.rows[0]["ratio_to_fp32"] == 1
+    assert len(times.rows) == 1 and finite(times, ("fp32_forward_backward_s", "qat_step_s", "ratio"))
+    expected = {"1.58bit": ["1.58bit QAT / fp32", "1.58bit QAT / post-training"],
+                "int4": ["int4 QAT: share of RTN's gap to fp32 recovered"]}[fmt]
+    assert sorted(row["target"] for row in targets.rows) == sorted(expected + [f"{fmt} QAT step / fp32 forward+backward"])

@@ -27,7 +27,7 @@ REQUIRED_ROWS = (
     "lab int8", "lab LLM.int8", "lab 1.58bit", "lab 1bit",
     "unstructured 20%", "unstructured 40%", "structured 20%", "structured 40%",
     "ffn-pruned 40%", "heads-pruned 25%",
-    "student (undistilled)", "student (distilled)", "combined",
+    "student (undistilled)", "student (distilled)", "combined", "QAT 1.58bit", "QAT 1bit",
 )
 # compare() columns: finite and positive in every measured row.
 MEASURED = ("size_mb", "serialized_mb", "perplexity", "latency_median_ms", "latency_p90_ms",
@@ -146,6 +146,10 @@ def test_smoke_summary_shows_the_expected_compression(smoke_run):
         assert size[name] < size["fp32"], name
     assert size["lab 1bit"] < size["lab 1.58bit"] < size["lab int8"]
     assert size["combined"] < min(size["student (distilled)"], size["lab LLM.int8"])
+    # QAT packs the same codes as post-training, trained to imitate fp32: same size, lower perplexity.
+    for fmt in ("1.58bit", "1bit"):
+        assert size[f"QAT {fmt}"] == size[f"lab {fmt}"]
+        assert float(rows[f"QAT {fmt}"]["perplexity"]) < float(rows[f"lab {fmt}"]["perplexity"]), fmt
 
 
 def test_smoke_run_writes_the_figures(smoke_run):

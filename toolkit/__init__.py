@@ -16,6 +16,7 @@ imports only from the floors below it, and the methods never import one another
                    wanda         Wanda and magnitude pruning, unstructured or N:M (2:4)
                    shrink        FFN-neuron and attention-head removal, reloading
                    students      make_student, hidden-state and attention losses, DistillationTrainer
+                   qat           quantization-aware training: prepare_qat (fake-quantized linears, STE), convert_qat
     4 measurement  evaluation    loading (with offline fallbacks), smoke models, perplexity, sizes, latency, comparison
                    sensitivity   per-layer / per-kind sensitivity scan and its plot
 

@@ -10,9 +10,9 @@
   own, `toolkit.awq.awq_quantize` (`quantize_model(..., calibration=batches)` is its shortcut).
 - The skip rule and `linear_targets` live in `toolkit.targets` (re-exported here).
 
-It does not train or fine-tune quantized weights (no straight-through
-estimator), nor quantize activations of the 1.58-bit and 1-bit layers (they are
-weight-only). Sizes are measured by `toolkit.evaluation.model_size_mb`, which
+It does not train or fine-tune quantized weights (`toolkit.qat` does, and converts to these
+layers). The 1.58-bit and 1-bit layers are weight-only unless built with `activation_bits=8`
+(W1.58A8 / W1A8: int8 activation codes times the weight codes, exact in int32). Sizes are measured by `toolkit.evaluation.model_size_mb`, which
 counts parameters and buffers: honest here because the buffers are the packed codes.
 
 Guarantees:
@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from quantization import FORMATS, check_format, check_threshold, absmax_quantize, mixed_precision_forward
+from quantization import (FORMATS, absmax_quantize, check_format, check_threshold, int8_matmul,
+                          mixed_precision_forward)
 from toolkit.int4 import check_group_size, int4_dequantize, int4_quantize
 from toolkit.packing import pack_bits, unpack_bits
 from toolkit.targets import DEFAULT_SKIP, is_skipped, linear_targets, skip_names  # noqa: F401 (the skip rule, re-exported)
@@ -59,6 +60,52 @@ def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     Layout as in `toolkit.packing.pack_bits`: ceil(n * bits / 8) bytes.
     """
     return pack_bits(codes + 1 if bits == 2 else codes > 0, bits)
+
+
+LOW_BIT_SCALES = ("absmean", "fit")
+
+
+def low_bit_quantize(weight: torch.Tensor, quantization_format: str, *, per_row: bool = True,
+                     scale: str = "absmean") -> tuple[torch.Tensor, torch.Tensor]:
+    """The absmean codes of the '1.58bit' and '1bit' formats, and their scale, `w ~ scale * code`.
+
+    gamma = mean|w| of each output row (`per_row`) or of the whole tensor (BitNet b1.58's one scale);
+    '1.58bit': codes = clip(round(w / gamma), -1, 1); '1bit': codes = sign(w), zero -> +1.
+    A zero row (or tensor) has gamma 0 and ternary codes 0. The scale is gamma ('absmean', BitNet's),
+    or 'fit': the least-squares scale of these codes, sum |w| |code| / sum |code| = the mean |w| of
+    the weights coded +-1 (TWN's and TernaryBERT's alpha; for '1bit' it equals gamma). For Gaussian
+    weights the kept ones average about 1.34 gamma, so 'absmean' shrinks every output by about 25%.
+
+    Args:
+        weight: floating tensor (out_features, in_features); the arithmetic runs in float32.
+        quantization_format: '1.58bit' or '1bit'.
+        per_row: one scale per output row (default) or one for the tensor, repeated per row.
+        scale: 'absmean' (default) or 'fit'.
+
+    Returns:
+        (codes float32 (out, in) in {-1, 0, 1}, scale float32 (out,)).
+
+    Raises:
+        ValueError: another format or scale, or a weight that is not 2-d.
+    """
+    check_format(quantization_format, tuple(_PACKED_BITS))
+    if scale not in LOW_BIT_SCALES:
+        raise ValueError(f"scale must be one of {LOW_BIT_SCALES}, got {scale!r}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-d (out_features, in_features), got shape {tuple(weight.shape)}")
+    w = weight.detach().float()
+    gamma = w.abs().mean(dim=1, keepdim=True) if per_row else w.abs().mean().expand(w.shape[0], 1)
+    if quantization_format == "1.58bit":
+        # A zero row has gamma 0; dividing by 1 instead keeps its codes 0.
+        codes = (w / torch.where(gamma > 0, gamma, 1.0)).round_().clamp_(-1, 1)
+    else:
+        codes = torch.where(w < 0, -1.0, 1.0)
+    if scale == "fit":
+        kept = codes.abs()
+        dims = (1,) if per_row else (0, 1)
+        fitted = (w.abs() * kept).sum(dims, keepdim=True) / kept.sum(dims, keepdim=True).clamp(min=1)
+        gamma = fitted.expand(w.shape[0], 1)
+    return codes, gamma.squeeze(1).contiguous()
 
 
 def _unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
@@ -91,7 +138,11 @@ class QuantizedLinear(nn.Module):
                   float16 (out, G) and `weight_zero` uint8 (out, G): 4 + 24 / group_size bits
                   per weight (4.375 at group 64). Weight-only: the codes are dequantized to
                   the input's dtype on each call (nothing cached) and go through F.linear.
-    '1.58bit' and '1bit' are weight-only: `(x @ codes^T) * scale` in the input's dtype.
+    '1.58bit' and '1bit' are weight-only, `(x @ codes^T) * scale` in the input's dtype, unless
+    `activation_bits=8`: then each input row (token) is absmax-quantized to int8
+    (`absmax_quantize`), multiplied by the codes exactly in int32 (`int8_matmul`, the machine's
+    fastest exact path) and scaled, `(cx / 127) * scale` (W1.58A8 / W1A8, as BitNet b1.58).
+    `from_linear(..., per_row=False)` gives them one scale for the tensor (stored per row).
     `bias` (if any) is a buffer in its original dtype. The output has the input's dtype.
     Float casts (`.to(dtype)`, `.half()`, `.float()`) keep the storage dtypes above and
     convert only the bias; the input must be floating point, (..., in_features) (else ValueError).
@@ -108,10 +159,12 @@ class QuantizedLinear(nn.Module):
         device: device of the buffers.
         dtype: dtype of the bias (default: torch's default dtype).
         group_size: weights per scale of 'int4' (must divide in_features); unused otherwise.
+        activation_bits: '1.58bit' and '1bit' only: None (weight-only) or 8 (int8 activations).
 
     Raises:
-        ValueError: unknown format, a threshold that is not positive or None, or (int4) a
-            group_size that does not divide in_features.
+        ValueError: unknown format, a threshold that is not positive or None, (int4) a
+            group_size that does not divide in_features, or activation_bits other than None
+            or 8, or given to another format.
     """
 
     def __init__(
@@ -125,10 +178,16 @@ class QuantizedLinear(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         group_size: int = 64,
+        activation_bits: int | None = None,
     ) -> None:
         super().__init__()
         check_format(quantization_format, LAYER_FORMATS)
         check_threshold(threshold)
+        if activation_bits is not None and (activation_bits != 8 or quantization_format not in _PACKED_BITS):
+            raise ValueError(f"activation_bits must be None or 8, and only for '1.58bit' and '1bit' "
+                             f"(got {activation_bits!r} for {quantization_format!r}; 'int8' always quantizes "
+                             f"its activations)")
+        self.activation_bits = activation_bits
         if quantization_format == "int4":
             check_group_size(in_features, group_size)
         self.group_size = group_size
@@ -157,7 +216,8 @@ class QuantizedLinear(nn.Module):
     @torch.no_grad()
     def from_linear(
         cls, linear: nn.Linear, quantization_format: str, threshold: float | None = 6.0, *,
-        group_size: int = 64, clip_ratio: torch.Tensor | None = None,
+        group_size: int = 64, clip_ratio: torch.Tensor | None = None, per_row: bool = True,
+        scale: str = "absmean", activation_bits: int | None = None,
     ) -> QuantizedLinear:
         """Quantize a float `nn.Linear` (see the class docstring for the formats).
 
@@ -168,6 +228,10 @@ class QuantizedLinear(nn.Module):
             group_size: 'int4' only: weights per group (a divisor of in_features).
             clip_ratio: 'int4' only: optional (out, in // group_size) range shrink factors in
                 (0, 1], e.g. from the activation-aware clipping search (`toolkit.int4.int4_quantize`).
+            per_row: '1.58bit' and '1bit': one absmean scale per output row (default) or one per
+                tensor (`low_bit_quantize`).
+            scale: '1.58bit' and '1bit': 'absmean' (default) or 'fit', the codes' least-squares scale.
+            activation_bits: '1.58bit' and '1bit': None (weight-only) or 8 (W1.58A8 / W1A8).
 
         Returns:
             A `QuantizedLinear` on `linear`'s device.
@@ -182,7 +246,8 @@ class QuantizedLinear(nn.Module):
         weight, bias = linear.weight.detach(), linear.bias
         layer = cls(linear.in_features, linear.out_features, quantization_format, threshold,
                     bias=bias is not None, device=weight.device,
-                    dtype=bias.dtype if bias is not None else weight.dtype, group_size=group_size)
+                    dtype=bias.dtype if bias is not None else weight.dtype, group_size=group_size,
+                    activation_bits=activation_bits)
         if bias is not None:
             layer.bias.copy_(bias.detach())
         if quantization_format == "fp16":
@@ -200,14 +265,9 @@ class QuantizedLinear(nn.Module):
             layer.weight.copy_(codes)
             layer.weight_scale.copy_(scale.squeeze(1))
             return layer
-        scale = w.abs().mean(dim=1, keepdim=True)
-        if quantization_format == "1.58bit":
-            # A zero row has gamma 0; dividing by 1 instead keeps its codes 0.
-            codes = (w / torch.where(scale > 0, scale, 1.0)).round_().clamp_(-1, 1)
-        else:
-            codes = torch.where(w < 0, -1.0, 1.0)
+        codes, gamma = low_bit_quantize(w, quantization_format, per_row=per_row, scale=scale)
         layer.weight_packed.copy_(_pack_codes(codes.to(torch.int8), _PACKED_BITS[quantization_format]))
-        layer.weight_scale.copy_(scale.squeeze(1))
+        layer.weight_scale.copy_(gamma)
         return layer
 
     def weight_codes(self) -> torch.Tensor:
@@ -274,6 +334,10 @@ class QuantizedLinear(nn.Module):
             # fp16 inputs compute in fp16; fp32 and bf16 inputs in fp32 (fp16 -> bf16 would round).
             dtype = torch.promote_types(input.dtype, torch.float16)
             out = F.linear(input.to(dtype), self.weight.to(dtype))
+        elif self.activation_bits == 8:
+            x_codes, x_absmax = absmax_quantize(input.reshape(-1, self.in_features), dim=1)
+            products = int8_matmul(x_codes, self.weight_codes().t())  # exact int32 (tokens, out)
+            out = (products.float() * (x_absmax / 127) * self.weight_scale).reshape(*input.shape[:-1], -1)
         else:
             out = F.linear(input, self.weight_codes().to(input.dtype)) * self.weight_scale.to(input.dtype)
         if self.bias is not None:
@@ -284,6 +348,8 @@ class QuantizedLinear(nn.Module):
         threshold = f", threshold={self.threshold}" if self.quantization_format == "int8" else ""
         if self.quantization_format == "int4":
             threshold = f", group_size={self.group_size}"
+        if self.activation_bits is not None:
+            threshold = f", activation_bits={self.activation_bits}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"format={self.quantization_format!r}{threshold}, bias={self.bias is not None}")
 
