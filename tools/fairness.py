@@ -15,8 +15,9 @@ notebooks; `make test` does.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -115,9 +116,8 @@ def run_variant(release: Path, solutions: dict[str, str], part: tuple[str, str],
     return score.points, score.possible, score.failed
 
 
-def _worker(job: tuple[str, str, list[tuple[tuple[str, str], str, bool, str]]]) -> list[tuple]:
-    """Run a share of the variants in a release of its own (so workers never share a file)."""
-    root, out, variants = job
+def _run_share(root: str, out: str, variants: list[tuple]) -> list[tuple]:
+    """Grade a share of the variants in a release of its own (so processes never share a file)."""
     build_student_release(root, out)
     release, results = Path(out), []
     solutions = {name: (Path(root) / name).read_text() for name in EXERCISE}
@@ -137,16 +137,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=str(Path(__file__).resolve().parent.parent))
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--part", action="append", help="FILE:FUNCTION, e.g. pruning.py:apply_weight_pruning")
+    parser.add_argument("--shard", help=argparse.SUPPRESS)  # K/N: grade every N-th variant from K, print JSON
     args = parser.parse_args(argv)
     chosen = [tuple(p.split(":", 1)) for p in args.part] if args.part else list(VARIANTS)
     variants = [(part, name, correct, code) for part in chosen for name, correct, code in VARIANTS[part]]
-    with tempfile.TemporaryDirectory() as tmp:
-        jobs = [(args.root, f"{tmp}/release{i}", variants[i::args.workers]) for i in range(args.workers)]
-        if args.workers == 1:
-            results = _worker(jobs[0])
-        else:
-            with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-                results = [row for rows in pool.map(_worker, jobs) for row in rows]
+    if args.shard:
+        index, count = map(int, args.shard.split("/"))
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(_run_share(args.root, f"{tmp}/release", variants[index::count])))
+        return 0
+    # Each share in a process of its own: a main process, as transformers' seeded collators require.
+    parts = [arg for part in chosen for arg in ("--part", ":".join(part))]
+    shards = [subprocess.Popen([sys.executable, __file__, "--root", args.root, *parts, "--shard", f"{i}/{args.workers}"],
+                               stdout=subprocess.PIPE, text=True) for i in range(args.workers)]
+    results = []
+    for shard in shards:
+        output, _ = shard.communicate()
+        if shard.returncode:
+            print(f"a grading process failed (exit {shard.returncode})")
+            return 1
+        results += [(tuple(part), *rest) for part, *rest in json.loads(output.splitlines()[-1])]
     return report(sorted(results, key=lambda row: (list(VARIANTS).index(row[0]), not row[2], row[1])))
 
 
