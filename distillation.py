@@ -108,28 +108,24 @@ def distill_model(
 ) -> tuple[nn.Module, list[float]]:
     """Train `student_model` with Adam to match `teacher_model` (in eval mode, never changed).
 
-    Each batch of `train_data` (re-iterable, once per epoch), one step on `distillation_objective`
-    plus `extra_loss`'s terms; a batch with no labelled position is skipped. Batches are `(inputs,
-    labels)` tensor pairs (`model(inputs)` gives logits) or Hugging Face dict batches with 'labels'
-    (logits from `.logits`); causal LMs get their labels shifted by one, as Hugging Face does.
+    Each batch of `train_data` (re-iterable, once per epoch), one step on `distillation_objective` plus
+    `extra_loss`'s terms; a batch with no labelled position is skipped. Batches: `(inputs, labels)` tensor pairs
+    (`model(inputs)` gives logits) or Hugging Face dict batches with 'labels'; causal LMs' labels shift by one.
 
     Args:
         device: where to train (both models go there; default the student's); progress: a tqdm bar.
-        extra_loss: optional `extra_loss(student_outputs, teacher_outputs, inputs)` -> dict of 0-d
-            tensors added to the loss (`inputs`: the input tensor, or the dict batch without labels);
-            an `nn.Module`'s parameters are trained too.
+        extra_loss: optional `extra_loss(student_outputs, teacher_outputs, inputs)` -> dict of 0-d tensors
+            added to the loss (`inputs`: the input tensor, or the dict batch without labels); a module's parameters train too.
         model_kwargs: keyword arguments for both models' forward, e.g. `output_hidden_states=True`.
         history: if given, a list that gets one dict per epoch with the mean of each term.
         optimizer: `optimizer(parameters, learning_rate)` -> the optimizer (default Adam); lr_schedule:
             `step -> multiplier` of the rate (LambdaLR); max_grad_norm: > 0, clips the gradients' 2-norm.
 
-    Returns `(student_model, epoch_losses)`: the student (same object, back in its mode) and the
-    mean loss of each epoch (Python floats).
+    Returns `(student_model, epoch_losses)`: the same student, back in its mode; each epoch's mean loss.
 
-    Raises TypeError (not an `nn.Module`, a batch neither pair nor dict, a hyperparameter's type),
-    ValueError (a hyperparameter out of range, one object as teacher and student, a dict batch without
-    'labels', an epoch without a labelled position), FloatingPointError (a NaN or infinite loss, with
-    its epoch and batch).
+    Raises TypeError (not an `nn.Module`, a batch neither pair nor dict, a hyperparameter's type), ValueError
+    (a hyperparameter out of range, one object as teacher and student, a dict batch without 'labels', an
+    epoch without a labelled position), FloatingPointError (a NaN or infinite loss, with its epoch and batch).
     """
     _check_training_args(teacher_model, student_model, temperature, alpha, num_epochs, learning_rate, max_grad_norm)
     device = torch.device(device) if device is not None else next(student_model.parameters()).device
@@ -139,8 +135,8 @@ def distill_model(
     if isinstance(extra_loss, nn.Module):
         parameters += list(extra_loss.to(device).parameters())
     optimizer = (optimizer or torch.optim.Adam)(parameters, learning_rate)
-    if max_grad_norm is not None:  # runs inside optimizer_step, between backward and step
-        optimizer.register_step_pre_hook(lambda *_: torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm))
+    if max_grad_norm is not None:  # a step pre-hook runs inside optimizer_step, between backward and step
+        optimizer.register_step_pre_hook(lambda *_: _clip(parameters, max_grad_norm))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule) if lr_schedule is not None else None
     shift_labels = is_causal_lm(student_model)
     was_training = student_model.training
@@ -194,6 +190,10 @@ def batch_loss(teacher_model: nn.Module, student_model: nn.Module, batch: Batch,
         loss = loss + sum(extra.values())
         terms.update({name: value.detach() for name, value in extra.items()})
     return loss, terms, student_outputs
+
+
+def _clip(parameters: list[nn.Parameter], max_norm: float) -> None:
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm)  # returns None: a hook's value replaces step's args
 
 
 def _check_training_args(teacher_model: nn.Module, student_model: nn.Module, temperature: float, alpha: float,

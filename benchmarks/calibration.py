@@ -170,6 +170,22 @@ def run(model: nn.Module, tokenizer, eval_texts: Sequence[str], calib_texts: Seq
     return [table, targets]
 
 
+
+def causal_model(args) -> tuple[nn.Module, object, str, str]:
+    """The benchmark's causal LM from `--model` (hub or path), else a tiny Llama pretrained on the shipped
+    corpus: `(model, tokenizer, description, texts source)`."""
+    source = "auto" if args.model is not None and hub_available() else "local"
+    if args.model is not None:
+        model, tokenizer = load_model(args.model)
+        return model, tokenizer, f"model: {args.model}", source
+    steps = args.pretrain_steps if args.pretrain_steps is not None else (40 if args.quick else 300)
+    if args.quick:
+        model, tokenizer = tiny_model("causal", pretrain_steps=steps)
+        return model, tokenizer, f"model: tiny_model('causal', pretrain_steps={steps}) (offline sanity pass)", source
+    model, tokenizer = pretrain_small_llama(steps)
+    return model, tokenizer, (f"model: pretrain_small_llama({steps}), a hidden-128 Llama trained on the shipped "
+                              "corpus (offline; small models have no outlier channels)"), source
+
 def main(argv: Sequence[str] | None = None) -> list[Table]:
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None,
@@ -186,19 +202,7 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
                         help="Wanda from the one-pass statistics shared with AWQ (default: block by block)")
     args = parser.parse_args(argv)
     device = setup(args)
-    source = "auto" if args.model is not None and hub_available() else "local"
-    if args.model is not None:
-        model, tokenizer = load_model(args.model)
-        described = f"model: {args.model}"
-    else:
-        steps = args.pretrain_steps if args.pretrain_steps is not None else (40 if args.quick else 300)
-        if args.quick:
-            model, tokenizer = tiny_model("causal", pretrain_steps=steps)
-            described = f"model: tiny_model('causal', pretrain_steps={steps}) (offline sanity pass)"
-        else:
-            model, tokenizer = pretrain_small_llama(steps)
-            described = (f"model: pretrain_small_llama({steps}), a hidden-128 Llama trained on the shipped corpus "
-                         "(offline; small models have no outlier channels)")
+    model, tokenizer, described, source = causal_model(args)
     eval_texts = load_texts("test", source=source, limit=args.texts or (40 if args.quick else None))
     calib_texts = load_texts("train", source=source)
     samples = args.calibration_samples or (8 if args.quick else 32)

@@ -33,10 +33,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lab modules and `benchmarks` live there
 
-from benchmarks.calibration import pretrain_small_llama
+from benchmarks.calibration import causal_model
 from benchmarks.common import Table, build_parser, header, report, setup, synchronize, verdict
 from distillation import distill_model
-from toolkit.evaluation import hub_available, load_model, load_texts, model_kind, perplexity, tiny_model
+from toolkit.evaluation import load_texts, model_kind, perplexity
 from toolkit.layers import quantize_model
 from toolkit.qat import QAT_FORMATS, convert_qat, prepare_qat, qat_batches
 
@@ -146,18 +146,7 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
                         help="steps of the default model's pretraining (default 300, --quick 40)")
     args = parser.parse_args(argv)
     device = setup(args)
-    source = "auto" if args.model is not None and hub_available() else "local"
-    if args.model is not None:
-        model, tokenizer = load_model(args.model)
-        described = f"model: {args.model}"
-    else:
-        pretrain = args.pretrain_steps if args.pretrain_steps is not None else (40 if args.quick else 300)
-        if args.quick:
-            model, tokenizer = tiny_model("causal", pretrain_steps=pretrain)
-            described = f"model: tiny_model('causal', pretrain_steps={pretrain}) (offline sanity pass)"
-        else:
-            model, tokenizer = pretrain_small_llama(pretrain)
-            described = f"model: pretrain_small_llama({pretrain}), a hidden-128 Llama trained on the shipped corpus"
+    model, tokenizer, described, source = causal_model(args)
     steps = args.steps if args.steps is not None else (10 if args.quick else 120)
     timing = (("benchmarked model (--quick)", model, qat_batches(tokenizer, load_texts("train", source="local"), 1,
                                                               batch_size=args.batch_size, seq_len=args.seq_len,

@@ -305,9 +305,19 @@ def test_non_finite_loss_stops_training_with_the_step(teacher):
     student = prepare_qat(copy.deepcopy(model), "int8", verbose=False)
     batches = lm_batches(tokenizer, 3)
     with torch.no_grad():
-        student.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+        student.lm_head.weight[0, 0] = float("nan")  # the float head: the loss goes NaN
     with pytest.raises(FloatingPointError, match="batch 1"):
         distill_model(model, student, batches, 1.0, 1.0, 1, 3e-4, progress=False)
+    assert not student.training
+
+
+def test_a_non_finite_quantized_weight_is_refused_by_the_lab_quantizer(teacher):
+    model, tokenizer = teacher
+    student = prepare_qat(copy.deepcopy(model), "int8", verbose=False)
+    with torch.no_grad():
+        student.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="not supported"):
+        distill_model(model, student, lm_batches(tokenizer, 1), 1.0, 1.0, 1, 3e-4, progress=False)
     assert not student.training
 
 
@@ -338,7 +348,7 @@ def test_optimizer_schedule_and_clipping_give_the_sgd_updates_they_describe():
     distill_model(teacher, student, data[:1], 1.0, 1.0, 3, 0.1, progress=False, optimizer=sgd,
                   lr_schedule=lambda step: 0.5 if step == 0 else 0.0, max_grad_norm=1e-3)
     # step 1 at lr 0.05 with a gradient clipped to norm 1e-3; steps 2 and 3 at lr 0
-    moved = torch.cat([(p - q).flatten() for p, q in zip(student.parameters(), start.parameters())])
+    moved = torch.cat([(p - q).detach().flatten() for p, q in zip(student.parameters(), start.parameters())])
     # each float32 update p - lr * g rounds by at most u |p|; clip_grad_norm_ divides by norm + 1e-6
     size = float(torch.cat([p.detach().flatten() for p in start.parameters()]).norm())
     assert float(moved.norm()) == pytest.approx(0.05 * 1e-3, rel=2e-6, abs=2 * U * size)
