@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lab modul
 from benchmarks.common import Table, build_parser, header, report, setup, verdict
 from pruning import apply_weight_pruning
 from toolkit.calibration import calibration_batches, collect_linear_inputs
-from toolkit.evaluation import hub_available, load_model, load_texts, model_kind, perplexity, tiny_model, tiny_tokenizer
+from toolkit.evaluation import (hub_available, load_model, load_texts, model_kind, perplexity, tiny_model, tiny_tokenizer,
+                                trained_tiny_model)
 from toolkit.layers import linear_targets, quantize_model
 from toolkit.wanda import apply_magnitude_pruning, apply_wanda_pruning, is_nm_sparse
 
@@ -178,7 +179,10 @@ def causal_model(args) -> tuple[nn.Module, object, str, str]:
     if args.model is not None:
         model, tokenizer = load_model(args.model)
         return model, tokenizer, f"model: {args.model}", source
-    steps = args.pretrain_steps if args.pretrain_steps is not None else (40 if args.quick else 300)
+    if args.quick and args.pretrain_steps is None:
+        model, tokenizer = trained_tiny_model("causal")
+        return model, tokenizer, "model: trained_tiny_model('causal'), data/models/tiny-llama (offline sanity pass)", source
+    steps = args.pretrain_steps if args.pretrain_steps is not None else 300
     if args.quick:
         model, tokenizer = tiny_model("causal", pretrain_steps=steps)
         return model, tokenizer, f"model: tiny_model('causal', pretrain_steps={steps}) (offline sanity pass)", source
@@ -196,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per calibration and scoring window")
     parser.add_argument("--group-size", type=int, default=64, help="int4 group size")
     parser.add_argument("--pretrain-steps", type=int, default=None,
-                        help="steps of the default model's pretraining (default 300, --quick 40)")
+                        help="steps of the default model's pretraining (default 300; --quick: the shipped tiny Llama)")
     parser.add_argument("--no-bnb", action="store_true", help="skip the bitsandbytes nf4 row")
     parser.add_argument("--wanda-one-pass", action="store_true",
                         help="Wanda from the one-pass statistics shared with AWQ (default: block by block)")

@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per QAT and scoring window")
     parser.add_argument("--texts", type=int, default=None, help="test texts to score (default all; --quick 30)")
     parser.add_argument("--pretrain-steps", type=int, default=None,
-                        help="steps of the default model's pretraining (default 300, --quick 40)")
+                        help="steps of the default model's pretraining (default 300; --quick: the shipped tiny Llama)")
     args = parser.parse_args(argv)
     device = setup(args)
     model, tokenizer, described, source = causal_model(args)

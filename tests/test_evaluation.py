@@ -455,12 +455,28 @@ def test_size_of_bitsandbytes_models_agrees_with_get_memory_footprint(tiny_bert_
     assert len(layers) == 2 * 6 + 1  # q, k, v, attention output, intermediate, output per layer; head transform
     assert ev.model_size_mb(model, include_quant_state=False) * MB == model.get_memory_footprint()
     assert ev.model_size_mb(model) * MB == model.get_memory_footprint() + _bnb_statistics_bytes(layers)
-    # A forward pass moves LLM.int8's row scales into the layer's state, and on some CPUs (AVX-512 with
-    # bf16) repacks 4-bit weights for its kernel: the size follows the state the layers then hold.
+    # A forward pass moves LLM.int8's row scales into the layer's state (load_model keeps 4-bit
+    # weights in their stored layout): the size follows the state the layers then hold.
     with torch.inference_mode():
         model(input_ids=torch.tensor([[2, 7, 9, 3]]))
     assert ev.model_size_mb(model, include_quant_state=False) * MB == model.get_memory_footprint()
     assert ev.model_size_mb(model) * MB == model.get_memory_footprint() + _bnb_statistics_bytes(layers)
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_4bit_models_compute_the_same_before_and_after_their_state_dict_is_read(tiny_bert_dir, double_quant):
+    # bitsandbytes 0.50 repacks 4-bit weights on the first CPU forward where AVX-512 BF16 exists, and
+    # state_dict() unpacks them only approximately: load_model turns the repacking off.
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant)
+    model, _ = ev.load_model(tiny_bert_dir, quantization_config=config)
+    layers = _bnb_layers(model, "Linear4bit")
+    assert layers and not any(getattr(layer, "support_avx512bf16_for_cpu", False) for layer in layers)
+    fresh = ev.serialized_size_mb(model)
+    inputs = torch.tensor([[2, 7, 9, 11, 3]])
+    with torch.inference_mode():
+        first = model(input_ids=inputs).logits
+        assert ev.serialized_size_mb(model) == fresh
+        assert torch.equal(model(input_ids=inputs).logits, first)
 
 
 def _bnb_statistics_bytes(layers):
@@ -472,9 +488,9 @@ def _bnb_statistics_bytes(layers):
         if state is None:  # LLM.int8: one float32 scale per output row
             total += layer.out_features * 4
             continue
-        # 4-bit: an absmax per block (float32; uint8 with double quantization; bf16 once repacked
-        # for the CPU kernel) and a 16-entry float32 code; double quantization adds, per 256 absmax,
-        # a float32 absmax, a 256-entry float32 code, and one float32 offset (kept after a repack)
+        # 4-bit: an absmax per block (float32; uint8 with double quantization)
+        # and a 16-entry float32 code; double quantization adds, per 256 absmax,
+        # a float32 absmax, a 256-entry float32 code, and one float32 offset
         blocks = layer.in_features * layer.out_features // state.blocksize
         total += blocks * state.absmax.element_size() + 16 * 4
         if state.nested:

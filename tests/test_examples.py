@@ -5,7 +5,8 @@ import importlib
 import pytest
 
 MODULES = ("toolkit.targets", "toolkit.layers", "toolkit.wanda", "toolkit.sensitivity", "toolkit.evaluation.scoring",
-           "toolkit.evaluation.report", "toolkit.students.construction", "toolkit.students.losses", "models")
+           "toolkit.evaluation.report", "toolkit.evaluation.smoke", "toolkit.evaluation.activations",
+           "toolkit.students.construction", "toolkit.students.losses", "models")
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -103,7 +103,7 @@ def test_smoke_run_succeeds_and_says_it_is_smoke(smoke_run):
     assert "executed model_compression_and_pruning.ipynb in" in completed.stdout
     executed = nbformat.read(results / NOTEBOOK.name, as_version=4)
     outputs = json.dumps([cell.get("outputs", []) for cell in executed.cells])
-    assert "SMOKE MODE" in outputs and "not how BERT compresses" in outputs
+    assert "SMOKE MODE" in outputs and "not BERT on WikiText-2" in outputs and "It cannot show" in outputs
 
 
 def test_smoke_summary_has_every_variant_with_finite_numbers(smoke_run):
@@ -150,6 +150,33 @@ def test_smoke_summary_shows_the_expected_compression(smoke_run):
     for fmt in ("1.58bit", "1bit"):
         assert size[f"QAT {fmt}"] == size[f"lab {fmt}"]
         assert float(rows[f"QAT {fmt}"]["perplexity"]) < float(rows[f"lab {fmt}"]["perplexity"]), fmt
+
+
+def test_smoke_summary_tells_the_story_of_a_real_model(smoke_run):
+    # The trained tiny BERT (data/models/tiny-bert) must rank the variants as BERT does. Orderings
+    # only, with margins far beyond what another CPU's rounding moves a perplexity (well under 1%).
+    completed, results = smoke_run
+    check_run(completed)
+    rows = read_summary(results)
+    ppl = {name: float(row["perplexity"]) for name, row in rows.items() if row["status"] == "ok"}
+    fp32 = ppl["fp32"]
+    assert fp32 < 150  # a model that has learned the corpus (shipped: 123 on the whole test split, 116 here)
+    for name in ("fp16", "bnb int8", "lab int8", "lab LLM.int8"):  # close to fp32
+        assert abs(ppl[name] / fp32 - 1) < 0.05, (name, ppl[name], fp32)
+    for name in ("lab 1.58bit", "lab 1bit"):  # post-training ternary and binary weights: clearly worse
+        assert ppl[name] > 2 * fp32, (name, ppl[name], fp32)
+    for kind in ("unstructured", "structured"):  # more pruning, more damage
+        assert ppl[f"{kind} 20%"] < ppl[f"{kind} 40%"], kind
+    assert ppl["structured 20%"] > 1.1 * fp32
+    # Wanda against magnitude is not checked: the tiny BERT has no outlier features, and Wanda is not
+    # better there (the notebook's smoke_note says so next to those rows). AWQ has no salient channel
+    # to protect either: within noise of round-to-nearest.
+    assert ppl["int4 g64 AWQ"] <= 1.02 * ppl["int4 g64 RTN"]
+    assert ppl["bnb nf4"] < ppl["bnb fp4"]  # levels at a normal's quantiles
+    # Distillation closes part of the gap and never beats the teacher.
+    assert fp32 < ppl["student (distilled)"] < 0.9 * ppl["student (undistilled)"]
+    # Quantization-aware distillation lands between fp32 and post-training ternary.
+    assert fp32 < ppl["QAT 1.58bit"] < 0.5 * ppl["lab 1.58bit"]
 
 
 def test_smoke_run_writes_the_figures(smoke_run):

@@ -15,6 +15,9 @@ Every compressed variant of a model is measured the same way:
 - `model_size_mb` counts the bytes the tensors occupy in memory (tied tensors once,
   packed quantized storage as stored, PyTorch's quantized Linear layers included);
   `serialized_size_mb` the bytes on disk; `parameter_count` the weights.
+- `trained_tiny_model` loads the tiny BERT and Llama shipped in data/models (trained on the
+  shipped corpus by tools/train_tiny_models.py through `pretrain`); `hidden_state_outliers`
+  reports how far each layer's largest activation stands out.
 - `measure_latency` times forward passes of already tokenized inputs.
 - `compare`, `save_rows` and `plot_comparison` put it all in one table and one figure,
   with perplexity or any other quality metric (e.g. accuracy).
@@ -22,7 +25,8 @@ Every compressed variant of a model is measured the same way:
 One module per concern, every public name re-exported here:
 
     loading     load_model, load_texts, model_kind, hub_available, ModelNotAvailableError
-    smoke       tiny_tokenizer, tiny_model (offline smoke models)
+    smoke       tiny_tokenizer, tiny_model, pretrain, trained_tiny_model (offline smoke models)
+    activations hidden_state_outliers (max|h| / median|h| per layer)
     scoring     perplexity, pseudo_perplexity, accuracy, masked_lm_inputs
     footprint   model_size_mb, serialized_size_mb, parameter_count
     latency     measure_latency, latency_batch
@@ -39,20 +43,23 @@ decoder with `quantize_model(..., skip=())`), which then counts twice. `perplexi
 ValueError) and never score only the special tokens the tokenizer adds (texts with no token to
 score raise ValueError).
 """
+from toolkit.evaluation.activations import hidden_state_outliers
 from toolkit.evaluation.footprint import MB, model_size_mb, parameter_count, serialized_size_mb
 from toolkit.evaluation.latency import latency_batch, measure_latency
-from toolkit.evaluation.loading import (CORPUS_DIR, DATA_DIR, KINDS, MODEL_CLASSES, SPLITS, VOCAB_FILE, WIKITEXT,
-                                        ModelNotAvailableError, hub_available, load_model, load_texts, model_kind)
+from toolkit.evaluation.loading import (CORPUS_DIR, DATA_DIR, KINDS, MODEL_CLASSES, MODELS_DIR, SPLITS, VOCAB_FILE,
+                                        WIKITEXT, ModelNotAvailableError, hub_available, load_model, load_texts,
+                                        model_kind)
 from toolkit.evaluation.report import COLUMNS, HIGHER_IS_BETTER, compare, plot_comparison, save_rows
 from toolkit.evaluation.scoring import IGNORE_INDEX, accuracy, masked_lm_inputs, perplexity, pseudo_perplexity
-from toolkit.evaluation.smoke import tiny_model, tiny_tokenizer
+from toolkit.evaluation.smoke import TRAINED_TINY_MODELS, pretrain, tiny_model, tiny_tokenizer, trained_tiny_model
 
 __all__ = [
+    "hidden_state_outliers",
     "MB", "model_size_mb", "parameter_count", "serialized_size_mb",
     "latency_batch", "measure_latency",
-    "CORPUS_DIR", "DATA_DIR", "KINDS", "MODEL_CLASSES", "SPLITS", "VOCAB_FILE", "WIKITEXT",
+    "CORPUS_DIR", "DATA_DIR", "KINDS", "MODEL_CLASSES", "MODELS_DIR", "SPLITS", "VOCAB_FILE", "WIKITEXT",
     "ModelNotAvailableError", "hub_available", "load_model", "load_texts", "model_kind",
     "COLUMNS", "HIGHER_IS_BETTER", "compare", "plot_comparison", "save_rows",
     "IGNORE_INDEX", "accuracy", "masked_lm_inputs", "perplexity", "pseudo_perplexity",
-    "tiny_model", "tiny_tokenizer",
+    "TRAINED_TINY_MODELS", "pretrain", "tiny_model", "tiny_tokenizer", "trained_tiny_model",
 ]

@@ -55,7 +55,7 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def _check_room(tokenizer, max_length: int) -> None:
+def check_room(tokenizer, max_length: int) -> None:
     if max_length <= tokenizer.num_special_tokens_to_add():
         raise ValueError(f"max_length={max_length} leaves no room for tokens besides the special tokens")
 
@@ -83,7 +83,7 @@ def _encode(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Ten
         input_ids (N, L) int64, attention_mask (N, L) int64 and scorable (N, L) bool (real,
         non-special tokens) for the N chunks in text order, L the longest chunk.
     """
-    _check_room(tokenizer, max_length)
+    check_room(tokenizer, max_length)
     encoded = tokenizer(texts, truncation=True, max_length=max_length, return_overflowing_tokens=True,
                         return_special_tokens_mask=True, padding=True, padding_side="right",
                         return_tensors="pt", return_token_type_ids=False)
@@ -406,7 +406,7 @@ def accuracy(
                          f"{tuple(labels.shape)}")
     check_positive_int("batch_size", batch_size)
     check_positive_int("max_length", max_length)
-    _check_room(tokenizer, max_length)
+    check_room(tokenizer, max_length)
     encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, padding_side="right",
                         return_tensors="pt", return_token_type_ids=False)
     inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
