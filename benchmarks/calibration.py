@@ -19,9 +19,9 @@ tokens of the train split; scoring: `toolkit.evaluation.perplexity` on the test 
 and <= 0.3x the lab's per-layer magnitude 50%; Wanda 2:4 <= 6x fp32) are meant for real pretrained
 models. The default offline model is a small Llama (hidden 128, 4 layers) pretrained here on the
 shipped corpus (`pretrain_small_llama`: 300 steps of 16 windows of 128 tokens, about two minutes on
-one core, test perplexity about 12); `--quick` uses
-`tiny_model` with 40 steps. Such small models have no outlier channels, so the methods differ little
-on them: the verdicts show the code path, not the methods' worth.
+one core, test perplexity about 12); `--quick` uses the shipped tiny Llama (`trained_tiny_model("causal")`).
+Such small models have no outlier channels, so the methods differ little on them: the verdicts show the
+code path, not the methods' worth.
 
 Run: `python benchmarks/calibration.py [--model PATH] [--quick] [--wanda-one-pass] [--device cpu|cuda] [--threads N]`.
 """
@@ -171,7 +171,6 @@ def run(model: nn.Module, tokenizer, eval_texts: Sequence[str], calib_texts: Seq
     return [table, targets]
 
 
-
 def causal_model(args) -> tuple[nn.Module, object, str, str]:
     """The benchmark's causal LM from `--model` (hub or path), else a tiny Llama pretrained on the shipped
     corpus: `(model, tokenizer, description, texts source)`."""
@@ -189,6 +188,7 @@ def causal_model(args) -> tuple[nn.Module, object, str, str]:
     model, tokenizer = pretrain_small_llama(steps)
     return model, tokenizer, (f"model: pretrain_small_llama({steps}), a hidden-128 Llama trained on the shipped "
                               "corpus (offline; small models have no outlier channels)"), source
+
 
 def main(argv: Sequence[str] | None = None) -> list[Table]:
     parser = build_parser(__doc__.splitlines()[0])
