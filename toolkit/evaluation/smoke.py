@@ -25,6 +25,12 @@ from toolkit.evaluation.scoring import check_positive_int, check_room, joined_id
 TRAINED_TINY_MODELS = {"masked": "tiny-bert", "causal": "tiny-llama"}  # kind -> folder of MODELS_DIR
 
 
+def _check_proportion(name: str, value: object) -> None:
+    """Raise ValueError unless `value` is a real number (not a bool) in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
 def tiny_tokenizer() -> BertTokenizerFast:
     """A lower-cased word-piece tokenizer with 1024 tokens, built offline from data/vocab.txt.
 
@@ -66,9 +72,8 @@ def tiny_model(
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'masked' or 'causal', got {kind!r}")
-    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
-                                or not 0 <= dropout < 1):
-        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if dropout is not None:
+        _check_proportion("dropout", dropout)
     if not isinstance(pretrain_steps, int) or pretrain_steps < 0:
         raise ValueError(f"pretrain_steps must be a non-negative int, got {pretrain_steps!r}")
     tokenizer = tiny_tokenizer()
@@ -145,9 +150,7 @@ def pretrain(
         raise ValueError(f"warmup must be an int in [0, steps={steps}), got {warmup!r}")
     if first_steps is not None:
         check_positive_int("first_steps", first_steps)
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-            or not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+    _check_proportion("label_smoothing", label_smoothing)
     kind = model_kind(model)
     if kind == "causal" and max_length < 2:
         raise ValueError(f"max_length must be at least 2 for a causal LM, got {max_length}")
