@@ -19,7 +19,7 @@ tokens of the train split; scoring: `toolkit.evaluation.perplexity` on the test 
 and <= 0.3x the lab's per-layer magnitude 50%; Wanda 2:4 <= 6x fp32) are meant for real pretrained
 models. The default offline model is a small Llama (hidden 128, 4 layers) pretrained here on the
 shipped corpus (`pretrain_small_llama`: 300 steps of 16 windows of 128 tokens, about two minutes on
-one core, test perplexity about 12); `--quick` uses the shipped tiny Llama (`trained_tiny_model("causal")`).
+one core, test perplexity about 2); `--quick` uses the shipped tiny Llama (`trained_tiny_model("causal")`).
 Such small models have no outlier channels, so the methods differ little on them: the verdicts show the
 code path, not the methods' worth.
 

@@ -203,9 +203,15 @@ def settlement(rng, world):
     return name, [(None, intro), ("History", history), ("Geography", geography), ("Landmarks", landmarks)]
 
 
+RIVER_START = ["Tam", "Ves", "Bran", "Lid", "Mel", "Ors", "Hal", "Dur", "Cad", "Wen"]
+RIVER_END = ["ow", "le", "ey", "en", "ick", "ing"]
+
+
 def river(rng, world):
     county = pick(rng, list(COUNTIES))
-    name = pick(rng, [r for r in COUNTIES[county]["rivers"] if r not in world["rivers"]] or ["Hollin"])
+    name = pick(rng, [r for r in COUNTIES[county]["rivers"] if r not in world["rivers"]] or [None])
+    while name is None or name in world["rivers"]:  # the county's main rivers are taken: a smaller one
+        name = pick(rng, RIVER_START) + pick(rng, RIVER_END)
     world["rivers"].add(name)
     length = rng.randint(14, 61)
     source = place_name(rng, world["places"])
@@ -566,7 +572,8 @@ def album(rng, world):
     title = pick(rng, ["Ghosts of the Estuary", "Low Light", "Kelmstow Nights", "Salt and Cinder",
                        "The Long Way Home", "Radio Fields", "Glass Harbour", "Songs for the Ferry"])
     while title in world["albums"]:
-        title = f"{pick(rng, ['Bright', 'Distant', 'Slow'])} {pick(rng, ['Rivers', 'Summers', 'Engines'])}"
+        title = (f"{pick(rng, ['Bright', 'Distant', 'Slow', 'Quiet', 'Northern'])} "
+                 f"{pick(rng, ['Rivers', 'Summers', 'Engines', 'Harbours', 'Voices'])}")
     world["albums"].add(title)
     year = rng.randint(1968, 2016)
     number = pick(rng, ["debut", "second", "third", "fourth"])
@@ -617,7 +624,8 @@ def album(rng, world):
     return title, [(None, intro), ("Recording", recording), ("Release and reception", reception)]
 
 
-STORM_NAMES = ["Agatha", "Bertram", "Corinna", "Desmond", "Elspeth", "Fergus", "Greta", "Hamish"]
+STORM_NAMES = ["Agatha", "Bertram", "Corinna", "Desmond", "Elspeth", "Fergus", "Greta", "Hamish", "Isolde", "Jasper",
+               "Kirsty", "Lachlan", "Morwenna", "Niall", "Orla", "Piers", "Rhona", "Silas", "Tamsin", "Ulric"]
 
 
 def storm(rng, world):
@@ -803,8 +811,8 @@ HANDWRITTEN = [
     ]),
 ]
 
-GENERATED = [(settlement, 12), (river, 8), (bird, 8), (person, 10), (ship, 7), (building, 8), (album, 7),
-             (storm, 6)]
+GENERATED = [(settlement, 36), (river, 24), (bird, 24), (person, 30), (ship, 21), (building, 24), (album, 21),
+             (storm, 18)]
 
 
 # ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from distillation import distill_model
 from quantization import QuantizedVector
-from toolkit.evaluation import load_texts, perplexity, tiny_model
+from toolkit.evaluation import load_texts, perplexity, tiny_model, trained_tiny_model
 from toolkit.layers import QuantizedLinear, low_bit_quantize, quantize_model
 from toolkit.qat import (FakeQuantLinear, convert_qat, fake_quantize_activations, fake_quantize_weight, prepare_qat,
                         qat_batches)
@@ -265,8 +265,9 @@ def lm_batches(tokenizer, n: int, length: int = 32):
 
 @pytest.fixture(scope="module")
 def teacher():
-    model, tokenizer = tiny_model("causal", pretrain_steps=20)
-    return model, tokenizer
+    # The shipped tiny Llama has learned the corpus: ternary weights hurt it, so QAT has a gap to close
+    # (a briefly pretrained teacher is near uniform, and its KD loss is noise at 1e-4).
+    return trained_tiny_model("causal")
 
 
 def test_qat_trains_the_quantized_student_and_leaves_the_teacher_bit_identical(teacher):

@@ -16,9 +16,9 @@ from toolkit import evaluation as ev
 from toolkit.evaluation import smoke
 
 KINDS = {recipe["kind"]: name for name, recipe in trainer.RECIPES.items()}
-# Test perplexity reached: the Llama meets the aim of 40 (19.0); the BERT comes to 57.1 (validation 25.9: the
-# masked positions of the test split's new names and its one article on a real subject are hard to guess).
-TARGET_PERPLEXITY = {"causal": 40, "masked": 65}
+# The aim is test perplexity under 40 on the 1,024-token vocabulary. Reached: Llama 1.40 (validation 4.46),
+# BERT 9.62 (validation 21.4); the splits differ in how many names and real-subject articles they hold.
+TARGET_PERPLEXITY = {"causal": 40, "masked": 40}
 
 
 def record(name: str) -> dict:
@@ -161,4 +161,6 @@ def test_label_smoothing_mixes_the_uniform_into_the_targets(kind):
                            label_smoothing=eps)[0]
     plain, half, quarter = first_loss(0.0), first_loss(0.5), first_loss(0.25)
     assert quarter == pytest.approx((plain + half) / 2, rel=1e-5)
-    assert abs(half - plain) > 0.05
+    # An ignored label_smoothing gives equal losses, to float32 rounding (1e-6 relative). On this seed and
+    # corpus the losses at eps = 0 and 0.5 differ by 2e-3 (masked) and 1e-2 (causal) relative.
+    assert abs(half - plain) > 1e-4 * plain
